@@ -1,0 +1,98 @@
+"""Encode a generated image once, to a file with its generation parameters embedded (pure: PIL).
+
+PNG gets text chunks (an A1111-style "parameters" line and a "klein" JSON record); JPEG and WebP
+get EXIF (ImageDescription, Software, UserComment with the JSON record). Settings favour speed:
+encoding can cost more than a GPU generation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from . import __version__
+
+SOFTWARE = f"Klein Studio {__version__}"
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PNG_COMPRESS_LEVEL = 1
+JPEG_QUALITY = 95
+WEBP_QUALITY = 90
+WEBP_METHOD = 2
+EXIF_IMAGE_DESCRIPTION = 0x010E
+EXIF_SOFTWARE = 0x0131
+EXIF_IFD = 0x8769
+EXIF_USER_COMMENT = 0x9286
+METADATA_KEY = "klein"
+
+
+def a1111_parameters(meta: dict[str, Any]) -> str:
+    """The parameters line A1111-style tools (and many image viewers) read."""
+    fields = {
+        "Steps": meta.get("steps"),
+        "Sampler": "Euler (flow match)",
+        "CFG scale": meta.get("guidance"),
+        "Seed": meta.get("seed"),
+        "Size": f"{meta.get('width')}x{meta.get('height')}",
+        "Model": meta.get("model"),
+        "Workflow": meta.get("workflow"),
+    }
+    return meta.get("prompt", "") + "\n" + ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
+
+
+def encode_image(image: Image.Image, output_format: str, meta: dict[str, Any]) -> bytes:
+    """Encode to png/jpeg/webp bytes with `meta` embedded. The same inputs give the same bytes."""
+    buffer = io.BytesIO()
+    record = json.dumps({"software": SOFTWARE, **meta}, ensure_ascii=True, sort_keys=True)
+    if output_format == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("parameters", a1111_parameters(meta))
+        info.add_itxt(METADATA_KEY, record)
+        info.add_text("Software", SOFTWARE)
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    elif output_format in ("jpeg", "webp"):
+        exif = Image.Exif()
+        exif[EXIF_IMAGE_DESCRIPTION] = meta.get("prompt", "")
+        exif[EXIF_SOFTWARE] = SOFTWARE
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"ASCII\x00\x00\x00" + record.encode("ascii")
+        if output_format == "jpeg":
+            image.save(buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif)
+        else:
+            image.save(buffer, format="WEBP", quality=WEBP_QUALITY, method=WEBP_METHOD, exif=exif)
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
+    return buffer.getvalue()
+
+
+def write_image(data: bytes, output_format: str, directory: Path, stem: str = "klein") -> Path:
+    """Write encoded bytes to a new file in `directory` (unique name) and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}-{uuid.uuid4().hex[:12]}.{EXTENSIONS[output_format]}"
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(source: str | Path | Image.Image) -> dict[str, Any] | None:
+    """The Klein Studio record of an image written by encode_image, or None if it has none."""
+    image = source if isinstance(source, Image.Image) else Image.open(source)
+    text = image.info.get(METADATA_KEY)
+    if text is None:
+        comment = image.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+        if isinstance(comment, bytes) and comment.startswith(b"ASCII\x00\x00\x00"):
+            text = comment[8:].decode("ascii", "replace")
+        elif isinstance(comment, str):
+            text = comment
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,117 @@
+"""Decode and validate reference images (pure: PIL only).
+
+Sizes are checked from the header before any pixel is decoded, so a decompression bomb is refused,
+not decoded. Every failure is an InvalidRequest that names the field and the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from pathlib import Path
+from typing import Union
+
+from PIL import Image, ImageOps
+
+from .config import Limits
+from .errors import InvalidRequest
+
+ImageSource = Union[Image.Image, str, Path, bytes]
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def load_reference(source: ImageSource, field: str, limits: Limits = Limits()) -> Image.Image:
+    """Turn a PIL image, file path, raw bytes, base64 string or data URI into a checked RGB image.
+
+    Args:
+        source: the image in any of the accepted forms.
+        field: the request field it came from, named in every error (e.g. "images[2]").
+        limits: byte, pixel, side and aspect limits.
+    """
+    if isinstance(source, Image.Image):
+        _check_dimensions(source.size, field, limits)
+        return _to_rgb(source)
+    data = _read_bytes(source, field, limits)
+    return decode_image_bytes(data, field, limits)
+
+
+def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes after checking their size and the header's dimensions."""
+    if len(data) > limits.max_image_bytes:
+        raise InvalidRequest(field, f"image is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes")
+    try:
+        with warnings.catch_warnings():
+            # Opening reads only the header; our own pixel limit below is checked before decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError:
+        raise InvalidRequest(
+            field, f"image has too many pixels to decode safely; the limit is {limits.max_image_pixels:,}"
+        ) from None
+    except Exception:
+        raise InvalidRequest(
+            field, f"not a readable image ({len(data):,} bytes); accepted formats are PNG, JPEG and WebP"
+        ) from None
+    _check_dimensions(image.size, field, limits)
+    try:
+        image.load()
+    except Exception as exc:
+        raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
+    return _to_rgb(image)
+
+
+def _read_bytes(source: str | Path | bytes, field: str, limits: Limits) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, str) and source.startswith("data:"):
+        header, _, payload = source.partition(",")
+        if ";base64" not in header:
+            raise InvalidRequest(field, f"data URI must be base64-encoded, got {header[:40]!r}")
+        return _b64decode(payload, field, limits)
+    path = Path(source)
+    if isinstance(source, str) and not path.is_file() and len(source) > 256:
+        return _b64decode(source, field, limits)
+    if not path.is_file():
+        raise InvalidRequest(field, f"no image file at {str(source)[:200]!r}")
+    size = path.stat().st_size
+    if size > limits.max_image_bytes:
+        raise InvalidRequest(field, f"image is {size:,} bytes; the limit is {limits.max_image_bytes:,} bytes")
+    return path.read_bytes()
+
+
+def _b64decode(payload: str, field: str, limits: Limits) -> bytes:
+    if len(payload) * 3 // 4 > limits.max_image_bytes:
+        raise InvalidRequest(field, f"image is over the limit of {limits.max_image_bytes:,} bytes")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(field, "not valid base64 image data") from None
+
+
+def _check_dimensions(size: tuple[int, int], field: str, limits: Limits) -> None:
+    width, height = size
+    if width * height > limits.max_image_pixels:
+        raise InvalidRequest(
+            field, f"image is {width}x{height} ({width * height:,} pixels); the limit is {limits.max_image_pixels:,}"
+        )
+    if min(width, height) < limits.min_image_side:
+        raise InvalidRequest(field, f"image is {width}x{height}; each side must be at least {limits.min_image_side} px")
+    if max(width, height) / min(width, height) > limits.max_image_aspect:
+        raise InvalidRequest(
+            field, f"image is {width}x{height}; the aspect ratio must be at most {limits.max_image_aspect:g}:1"
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white, not black, as users expect from a flattened image.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")

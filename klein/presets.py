@@ -1,0 +1,78 @@
+"""Aspect-ratio presets, the 1k/2k resolution rule and the seed range (pure: no torch).
+
+The two preset tables are those of the hosted Klein APIs; both are accepted everywhere.
+"""
+
+from __future__ import annotations
+
+import random
+
+SIZE_MULTIPLE = 16
+MAX_SIDE = 2048
+MIN_SIDE = 64
+SEED_MAX = 2**32 - 1
+RESOLUTIONS = ("1k", "2k")
+MATCH_INPUT = "match_input"
+
+# Base sizes at 1k, in the order the hosted API documents them.
+ASPECT_PRESETS_V1: dict[str, tuple[int, int]] = {
+    "square_1_1": (1024, 1024),
+    "widescreen_16_9": (1344, 768),
+    "social_story_9_16": (768, 1344),
+    "portrait_2_3": (832, 1216),
+    "traditional_3_4": (960, 1280),
+    "vertical_1_2": (704, 1408),
+    "horizontal_2_1": (1408, 704),
+    "social_post_4_5": (896, 1152),
+    "standard_3_2": (1216, 832),
+    "classic_4_3": (1280, 960),
+}
+ASPECT_PRESETS_V2: dict[str, tuple[int, int]] = {
+    "square": (1024, 1024),
+    "landscape": (1344, 768),
+    "portrait": (768, 1344),
+    "photo": (1248, 832),
+    "photo_v": (832, 1248),
+    "standard": (1184, 896),
+    "standard_v": (896, 1184),
+    "wide": (1568, 672),
+}
+ASPECT_PRESETS: dict[str, tuple[int, int]] = {**ASPECT_PRESETS_V1, **ASPECT_PRESETS_V2}
+
+
+def align(value: float, multiple: int = SIZE_MULTIPLE) -> int:
+    """Round to the nearest multiple (at least one multiple)."""
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def scale_to_resolution(width: int, height: int, resolution: str) -> tuple[int, int]:
+    """Apply the 1k/2k rule to a 1k base size.
+
+    1k keeps the base size; 2k doubles it, then scales both sides down so the longer is at most
+    2048, then aligns both to multiples of 16.
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    factor = 1 if resolution == "1k" else 2
+    w, h = width * factor, height * factor
+    longest = max(w, h)
+    if longest > MAX_SIDE:
+        w, h = w * MAX_SIDE / longest, h * MAX_SIDE / longest
+    return align(w), align(h)
+
+
+def size_for_preset(preset: str, resolution: str) -> tuple[int, int]:
+    """(width, height) of a named preset at a resolution."""
+    return scale_to_resolution(*ASPECT_PRESETS[preset], resolution)
+
+
+def size_matching(reference_size: tuple[int, int], resolution: str) -> tuple[int, int]:
+    """(width, height) with the reference's aspect ratio and about 1 MP (1k) or 4 MP (2k)."""
+    ref_w, ref_h = reference_size
+    side = 1024
+    scale = (side * side / (ref_w * ref_h)) ** 0.5
+    return scale_to_resolution(ref_w * scale, ref_h * scale, resolution)
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, SEED_MAX)
