@@ -1,0 +1,262 @@
+"""The engine: GenerationRequest -> GenerationResult, the same for the UI, Gradio's API and REST.
+
+It knows nothing of Gradio or HTTP. The workflow follows the number of reference images; the seed is
+chosen here when the request has none and is always returned.
+"""
+
+from __future__ import annotations
+
+import spaces  # noqa: I001 - on ZeroGPU Spaces this must be imported before torch touches CUDA
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from . import presets
+from .config import Settings, choose_model, on_zero_gpu
+from .encode import MIME_TYPES, encode_image, write_image
+from .errors import GenerationError, InvalidRequest, KleinError
+from .pipeline import LoadedModel, cached_model, load_model
+from .request import GenerationRequest, Workflow
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat template included
+
+
+@dataclass
+class GenerationResult:
+    """One generated image, encoded once, and everything needed to reproduce it."""
+
+    image: Image.Image
+    data: bytes
+    path: Path
+    seed: int
+    width: int
+    height: int
+    model: str
+    workflow: Workflow
+    steps: int
+    guidance: float
+    output_format: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mime_type(self) -> str:
+        return MIME_TYPES[self.output_format]
+
+    def info(self) -> dict:
+        """The generation parameters, as embedded in the file and shown to the user."""
+        return {
+            "seed": self.seed,
+            "width": self.width,
+            "height": self.height,
+            "model": self.model,
+            "workflow": self.workflow.value,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "output_format": self.output_format,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one pipeline call needs; plain data, so ZeroGPU can pickle it into its GPU worker."""
+
+    model_key: tuple[str, str, str]
+    prompt: str
+    images: tuple[Image.Image, ...]
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+class Engine:
+    """Turns requests into images with one cached pipeline, one generation at a time."""
+
+    def __init__(self, model: LoadedModel, settings: Settings | None = None, model_reason: str = ""):
+        self.model = model
+        self.settings = settings or Settings()
+        self.model_reason = model_reason
+        self.output_dir = self.settings.output_dir or Path(tempfile.mkdtemp(prefix="klein-studio-"))
+        self._lane = threading.Lock()
+        self._template_tokens = self.count_prompt_tokens("")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Engine":
+        """Choose the model (resolving `auto`), load it once and build the engine."""
+        name, reason = choose_model(settings.model, torch.cuda.is_available(), on_zero_gpu())
+        log.info("model %s: %s", name, reason)
+        device = settings.device or ("cuda" if on_zero_gpu() else None)
+        model = load_model(name, settings.cache_dir, device, settings.dtype)
+        return cls(model, settings, reason)
+
+    @property
+    def limits(self):
+        return self.settings.limits
+
+    @property
+    def prompt_token_limit(self) -> int:
+        """How many tokens of prompt the model reads, once its chat template is counted."""
+        return MAX_SEQUENCE_LENGTH - self._template_tokens
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        tokenizer = self.model.pipe.tokenizer
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+        return len(tokenizer(text)["input_ids"])
+
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+        """Generate one image for a validated request.
+
+        1. check what depends on the model (prompt length);
+        2. choose the seed, size, steps and guidance;
+        3. run the pipeline (one at a time);
+        4. encode once, with the parameters embedded, and write the file.
+        """
+        started = time.perf_counter()
+        # 1. Model-dependent checks
+        self._check_prompt_length(request.prompt)
+        # 2. Parameters
+        job = self._job_for(request)
+        # 3. Pipeline
+        with self._lane:
+            image, timings = self._run(job, progress)
+        # 4. Encode
+        t0 = time.perf_counter()
+        meta = {
+            "prompt": request.prompt,
+            "seed": job.seed,
+            "model": self.model.spec.name,
+            "width": job.width,
+            "height": job.height,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "workflow": request.workflow.value,
+            "references": len(request.images),
+        }
+        data = encode_image(image, request.output_format, meta)
+        path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")
+        timings["encode"] = _ms_since(t0)
+        timings["total"] = _ms_since(started)
+        return GenerationResult(
+            image=image,
+            data=data,
+            path=path,
+            seed=job.seed,
+            width=image.width,
+            height=image.height,
+            model=self.model.spec.name,
+            workflow=request.workflow,
+            steps=job.steps,
+            guidance=job.guidance,
+            output_format=request.output_format,
+            timings_ms=timings,
+        )
+
+    def _check_prompt_length(self, prompt: str) -> None:
+        tokens = self.count_prompt_tokens(prompt) - self._template_tokens
+        if tokens > self.prompt_token_limit:
+            raise InvalidRequest(
+                "prompt",
+                f"is {tokens} tokens long; {self.model.spec.name} reads at most {self.prompt_token_limit} tokens "
+                f"of prompt ({len(prompt)} characters given). Shorten it.",
+            )
+
+    def _job_for(self, request: GenerationRequest) -> _Job:
+        width, height = request.output_size()
+        spec = self.model.spec
+        return _Job(
+            model_key=self.model.key,
+            prompt=request.prompt,
+            images=request.images,
+            width=width,
+            height=height,
+            steps=request.steps if request.steps is not None else spec.steps,
+            guidance=float(request.guidance if request.guidance is not None else spec.guidance),
+            seed=request.seed if request.seed is not None else presets.random_seed(),
+        )
+
+    def _run(self, job: _Job, progress: ProgressCallback | None) -> tuple[Image.Image, dict[str, float]]:
+        try:
+            # Closures do not pickle into a ZeroGPU worker; there the progress bar follows tqdm instead.
+            return run_job(job, None if on_zero_gpu() else progress)
+        except KleinError:
+            raise
+        except torch.OutOfMemoryError:
+            _free_memory()
+            raise GenerationError(
+                f"Out of memory generating {job.width}x{job.height}; try a smaller size or fewer reference images."
+            ) from None
+        except Exception as exc:
+            log.exception("generation failed")
+            raise GenerationError(f"Generation failed ({type(exc).__name__}); the server log has the details.") from exc
+
+
+def _gpu_seconds(job: _Job, progress: ProgressCallback | None = None) -> int:
+    """ZeroGPU time to reserve: grows with pixels, steps and reference count."""
+    megapixels = job.width * job.height / 1e6
+    work = job.steps * megapixels * (1 + 0.5 * len(job.images))
+    return int(min(120, 10 + 1.5 * work))
+
+
+@spaces.GPU(duration=_gpu_seconds)
+def run_job(job: _Job, progress: ProgressCallback | None = None) -> tuple[Image.Image, dict[str, float]]:
+    """Run the pipeline for one job, timing its stages (milliseconds)."""
+    model = cached_model(job.model_key)
+    pipe = model.pipe
+    timings: dict[str, float] = {}
+    generator = torch.Generator(device="cpu").manual_seed(job.seed)
+
+    t0 = time.perf_counter()
+    prompt_embeds, _ = pipe.encode_prompt(prompt=job.prompt, device=pipe._execution_device)
+    timings["text_encode"] = _ms_since(t0, model.device)
+
+    def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
+        if progress is not None:
+            progress(step + 1, job.steps)
+        return callback_kwargs
+
+    t0 = time.perf_counter()
+    latents = pipe(
+        image=list(job.images) or None,
+        prompt_embeds=prompt_embeds,
+        height=job.height,
+        width=job.width,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance,
+        generator=generator,
+        output_type="latent",
+        callback_on_step_end=on_step_end,
+    ).images
+    timings["denoise"] = _ms_since(t0, model.device)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    timings["vae_decode"] = _ms_since(t0, model.device)
+    return image, timings
+
+
+def _ms_since(t0: float, device: str = "cpu") -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,122 @@
+"""Load and cache the diffusers Flux2KleinPipeline: a model-table name, a hub id, a local folder
+or the tiny model. Loaded once per (model, device, dtype) and reused for every request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import Flux2KleinPipeline
+
+from . import tiny
+from .config import MODELS, TINY, ModelSpec
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class LoadedModel:
+    """A ready pipeline and what the engine needs to know about it."""
+
+    pipe: Flux2KleinPipeline
+    spec: ModelSpec
+    source: str
+    device: str
+    dtype: torch.dtype
+
+    key: tuple[str, str, str]
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.spec.name == TINY
+
+
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> str:
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def load_model(model: str, cache_dir: Path, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load `model` (cached). Raises ModelLoadError naming the model and the cause."""
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    key = (model, device, dtype)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = _load(model, Path(cache_dir), device, dtype)
+        return _cache[key]
+
+
+def cached_model(key: tuple[str, str, str]) -> LoadedModel:
+    """The model loaded under `key` (how the GPU worker finds it without pickling it)."""
+    return _cache[key]
+
+
+def _load(model: str, cache_dir: Path, device: str, dtype: str) -> LoadedModel:
+    source = _source_for(model, cache_dir)
+    log.info("loading model %s from %s on %s (%s)", model, source, device, dtype)
+    try:
+        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=DTYPES[dtype])
+        pipe.to(device)
+    except Exception as exc:
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"Could not load model {model!r} ({source}) on {device}: {type(exc).__name__}: {_shorten(cause)} "
+            "Check the name, your network and Hugging Face access (gated models need `hf auth login`), "
+            "or run with --model tiny to try the app without downloading weights."
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(
+        pipe=pipe, spec=_spec_for(model, pipe), source=source, device=device, dtype=DTYPES[dtype],
+        key=(model, device, dtype),
+    )
+
+
+def _shorten(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _source_for(model: str, cache_dir: Path) -> str:
+    if model == TINY:
+        return str(tiny.ensure_tiny_saved(cache_dir))
+    if model in MODELS:
+        return MODELS[model].hub_id
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"Could not load model {model!r}: the folder has no model_index.json (save it with "
+                "save_pretrained), or run with --model tiny."
+            )
+        return str(path.resolve())
+    if model.count("/") != 1 or model.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"Could not load model {model!r}: it is not a model name ({', '.join(MODELS)}), "
+            "an existing folder, or a hub id like owner/name. Run with --model tiny to try the app."
+        )
+    return model
+
+
+def _spec_for(model: str, pipe: Flux2KleinPipeline) -> ModelSpec:
+    if model in MODELS:
+        return MODELS[model]
+    distilled = bool(pipe.config.get("is_distilled", False))
+    steps, guidance = (4, 1.0) if distilled else (50, 4.0)
+    return ModelSpec(name=model, hub_id=model, steps=steps, guidance=guidance, licence="see the model card")

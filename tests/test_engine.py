@@ -1,0 +1,78 @@
+"""The engine over the tiny pipeline: three workflows, sizes, seeds, errors, progress."""
+
+import pytest
+from PIL import Image
+
+from klein.encode import read_metadata
+from klein.errors import InvalidRequest
+from klein.request import GenerationRequest, Workflow
+from tests.conftest import make_image
+
+SMALL = dict(width=128, height=96)
+
+
+def test_text_to_image_at_a_preset_size(engine):
+    result = engine.generate(GenerationRequest(prompt="a lighthouse", aspect_ratio="square_1_1"))
+    assert (result.width, result.height) == (1024, 1024)
+    assert Image.open(result.path).size == (1024, 1024)
+    assert result.workflow is Workflow.TEXT_TO_IMAGE
+    assert set(result.timings_ms) >= {"text_encode", "denoise", "vae_decode", "encode", "total"}
+
+
+def test_edit_matches_the_input_aspect(engine):
+    result = engine.generate(GenerationRequest(prompt="make it blue", images=(make_image((400, 300)),),
+                                               aspect_ratio="match_input"))
+    assert (result.width, result.height) == (1184, 880) and result.workflow is Workflow.EDIT
+
+
+def test_multi_reference_with_four_images_and_a_preset(engine):
+    refs = tuple(make_image((200 + 40 * i, 160)) for i in range(4))
+    result = engine.generate(GenerationRequest(prompt="all together", images=refs, aspect_ratio="wide"))
+    assert (result.width, result.height) == (1568, 672) and result.workflow is Workflow.MULTI_REFERENCE
+    assert read_metadata(result.path)["references"] == 4
+
+
+@pytest.mark.parametrize("images", [(), (make_image(),), (make_image(), make_image((240, 320)))])
+def test_same_seed_same_bytes_different_seed_differs(engine, images):
+    request = dict(prompt="a red fox", images=images, seed=1234, **SMALL)
+    first = engine.generate(GenerationRequest(**request))
+    again = engine.generate(GenerationRequest(**request))
+    other = engine.generate(GenerationRequest(**{**request, "seed": 1235}))
+    assert first.data == again.data and first.seed == 1234
+    assert first.data != other.data
+
+
+def test_random_seed_is_returned_and_reproduces(engine):
+    result = engine.generate(GenerationRequest(prompt="a red fox", **SMALL))
+    assert 0 <= result.seed <= 2**32 - 1
+    replay = engine.generate(GenerationRequest(prompt="a red fox", seed=result.seed, **SMALL))
+    assert replay.data == result.data
+
+
+def test_prompt_changes_the_image(engine):
+    a = engine.generate(GenerationRequest(prompt="a red fox", seed=5, **SMALL))
+    b = engine.generate(GenerationRequest(prompt="a blue whale", seed=5, **SMALL))
+    assert a.data != b.data
+
+
+def test_metadata_is_embedded(engine):
+    result = engine.generate(GenerationRequest(prompt="a lighthouse", seed=9, output_format="jpeg", **SMALL))
+    meta = read_metadata(result.path)
+    assert meta == {**meta, "prompt": "a lighthouse", "seed": 9, "model": "tiny", "width": 128, "height": 96,
+                    "steps": 4, "guidance": 1.0, "workflow": "text_to_image"}
+    assert result.path.suffix == ".jpg" and result.data[:2] == b"\xff\xd8"
+
+
+def test_progress_counts_denoising_steps(engine):
+    calls = []
+    engine.generate(GenerationRequest(prompt="x", steps=3, **SMALL), progress=lambda s, t: calls.append((s, t)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_prompt_longer_than_the_token_budget(engine):
+    limit = engine.prompt_token_limit
+    assert 400 < limit < 512
+    engine.generate(GenerationRequest(prompt="a" * limit, **SMALL))  # exactly at the limit is fine
+    with pytest.raises(InvalidRequest) as info:
+        engine.generate(GenerationRequest(prompt="a" * (limit + 1), **SMALL))
+    assert str(info.value).startswith("prompt: ") and f"at most {limit} tokens" in str(info.value)
