@@ -22,7 +22,7 @@ from PIL import Image
 from . import presets
 from .config import Settings, choose_model, on_zero_gpu
 from .encode import MIME_TYPES, encode_image, write_image
-from .errors import GenerationError, InvalidRequest, KleinError
+from .errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
 from .pipeline import LoadedModel, cached_model, load_model
 from .request import GenerationRequest, Workflow
 
@@ -118,12 +118,20 @@ class Engine:
         )
         return len(tokenizer(text)["input_ids"])
 
-    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> GenerationResult:
         """Generate one image for a validated request.
 
         1. check what depends on the model (prompt length);
         2. choose the seed, size, steps and guidance;
-        3. run the pipeline (one at a time);
+        3. run the pipeline (one at a time), stopping between steps if `cancel` is set or the
+           `deadline` (a time.monotonic() value) passes;
         4. encode once, with the parameters embedded, and write the file.
         """
         started = time.perf_counter()
@@ -133,7 +141,9 @@ class Engine:
         job = self._job_for(request)
         # 3. Pipeline
         with self._lane:
-            image, timings = self._run(job, progress)
+            stop = _StopCheck(cancel, deadline)
+            stop()  # the time spent waiting for the lane counts against the deadline
+            image, timings = self._run(job, _StepHook(progress, stop))
         # 4. Encode
         t0 = time.perf_counter()
         meta = {
@@ -189,10 +199,10 @@ class Engine:
             seed=request.seed if request.seed is not None else presets.random_seed(),
         )
 
-    def _run(self, job: _Job, progress: ProgressCallback | None) -> tuple[Image.Image, dict[str, float]]:
+    def _run(self, job: _Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
         try:
-            # Closures do not pickle into a ZeroGPU worker; there the progress bar follows tqdm instead.
-            return run_job(job, None if on_zero_gpu() else progress)
+            # Callbacks do not pickle into a ZeroGPU worker; there the progress bar follows tqdm instead.
+            return run_job(job, None if on_zero_gpu() else on_step)
         except KleinError:
             raise
         except torch.OutOfMemoryError:
@@ -203,6 +213,31 @@ class Engine:
         except Exception as exc:
             log.exception("generation failed")
             raise GenerationError(f"Generation failed ({type(exc).__name__}); the server log has the details.") from exc
+
+
+class _StopCheck:
+    """Raises when the request was cancelled or ran out of time; called between denoising steps."""
+
+    def __init__(self, cancel: threading.Event | None, deadline: float | None):
+        self.cancel, self.deadline = cancel, deadline
+
+    def __call__(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("Generation cancelled.")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeout("Generation took longer than the time limit and was stopped.")
+
+
+class _StepHook:
+    """Called after each denoising step: stop if asked to, then report progress."""
+
+    def __init__(self, progress: ProgressCallback | None, stop: _StopCheck):
+        self.progress, self.stop = progress, stop
+
+    def __call__(self, step: int, total: int) -> None:
+        self.stop()
+        if self.progress is not None:
+            self.progress(step, total)
 
 
 def _gpu_seconds(job: _Job, progress: ProgressCallback | None = None) -> int:

@@ -33,3 +33,39 @@ class GenerationError(KleinError):
     """Generation failed for a reason that is not the user's input."""
 
     http_status = 500
+
+
+class GenerationTimeout(KleinError):
+    """Generation did not finish within the configured time limit."""
+
+    http_status = 504
+
+
+class GenerationCancelled(KleinError):
+    """The user (or a shutdown) cancelled the generation before it finished."""
+
+    http_status = 499
+
+
+class RequestModerated(KleinError):
+    """The prompt or a reference image was refused by the safety policy (the request, before generating)."""
+
+    http_status = 422
+
+    def __init__(self, message: str):
+        super().__init__(message if message.startswith("Request moderated") else f"Request moderated: {message}")
+
+
+class ContentModerated(KleinError):
+    """The generated image was refused by the safety policy; it is neither returned nor saved."""
+
+    http_status = 422
+
+    def __init__(self, message: str):
+        super().__init__(message if message.startswith("Content moderated") else f"Content moderated: {message}")
+
+
+class QueueFull(KleinError):
+    """Too many requests are waiting; try again later."""
+
+    http_status = 503

@@ -17,6 +17,8 @@ from .config import Limits
 from .errors import InvalidRequest
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+DEFAULT_SAFETY_TOLERANCE = 2
+MAX_SAFETY_TOLERANCE = 5
 
 
 class Workflow(str, Enum):
@@ -44,6 +46,7 @@ class GenerationRequest:
         width, height: custom size (both or neither), multiples of 16 in 64..2048; override the preset.
         steps, guidance: None for the model's defaults.
         output_format: "png", "jpeg" or "webp".
+        safety_tolerance: 0 (strictest) .. 5 (most permissive); see safety.py.
     """
 
     prompt: str
@@ -56,6 +59,7 @@ class GenerationRequest:
     steps: int | None = None
     guidance: float | None = None
     output_format: str = "png"
+    safety_tolerance: int = DEFAULT_SAFETY_TOLERANCE
     limits: Limits = field(default=Limits(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,7 @@ class GenerationRequest:
         self._check_size()
         self._check_seed()
         self._check_sampling()
+        self._check_safety_tolerance()
 
     @property
     def workflow(self) -> Workflow:
@@ -135,6 +140,14 @@ class GenerationRequest:
                 raise InvalidRequest(
                     "guidance", f"{self.guidance:g} is out of range {lim.min_guidance:g}..{lim.max_guidance:g}"
                 )
+
+
+    def _check_safety_tolerance(self) -> None:
+        value = self.safety_tolerance
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest("safety_tolerance", f"must be an integer 0..{MAX_SAFETY_TOLERANCE}, got {value!r}")
+        if not 0 <= value <= MAX_SAFETY_TOLERANCE:
+            raise InvalidRequest("safety_tolerance", f"{value} is out of range 0..{MAX_SAFETY_TOLERANCE}")
 
 
 def _check_side(name: str, value: int | None) -> None:

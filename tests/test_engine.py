@@ -76,3 +76,30 @@ def test_prompt_longer_than_the_token_budget(engine):
     with pytest.raises(InvalidRequest) as info:
         engine.generate(GenerationRequest(prompt="a" * (limit + 1), **SMALL))
     assert str(info.value).startswith("prompt: ") and f"at most {limit} tokens" in str(info.value)
+
+
+def test_cancel_stops_between_steps_and_frees_the_lane(engine):
+    import threading
+
+    from klein.errors import GenerationCancelled
+
+    cancel = threading.Event()
+    steps_seen = []
+
+    def progress(step, total):
+        steps_seen.append(step)
+        cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(GenerationRequest(prompt="x", steps=4, **SMALL), progress, cancel=cancel)
+    assert steps_seen == [1]
+    assert engine.generate(GenerationRequest(prompt="x", **SMALL)).width == 128  # the lane was released
+
+
+def test_deadline_in_the_past_times_out(engine):
+    import time
+
+    from klein.errors import GenerationTimeout
+
+    with pytest.raises(GenerationTimeout, match="time limit"):
+        engine.generate(GenerationRequest(prompt="x", **SMALL), deadline=time.monotonic() - 1)

@@ -96,3 +96,13 @@ def test_output_size_sources():
     assert GenerationRequest(prompt="x", aspect_ratio="wide", resolution="2k").output_size() == (2048, 880)
     assert GenerationRequest(prompt="x", images=(RED,), aspect_ratio="match_input").output_size() == (1184, 880)
     assert GenerationRequest(prompt="x", width=256, height=512, aspect_ratio="wide").output_size() == (256, 512)
+
+
+@pytest.mark.parametrize("value, fragment", [(6, "6 is out of range 0..5"), (-1, "-1 is out of range 0..5"),
+                                             ("2", "must be an integer 0..5")])
+def test_safety_tolerance_range(value, fragment):
+    refused("safety_tolerance", fragment, safety_tolerance=value)
+
+
+def test_safety_tolerance_default_is_2():
+    assert GenerationRequest(prompt="x").safety_tolerance == 2
