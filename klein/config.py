@@ -68,6 +68,10 @@ class Settings:
     concurrency_limit: int = 1
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     output_dir: Path | None = None
+    prompt_cache_mb: int = 256
+    compile: bool = False
+    fuse_qkv: bool = False
+    attention_backend: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -85,6 +89,10 @@ class Settings:
             concurrency_limit=args.concurrency_limit,
             cache_dir=Path(args.cache_dir),
             output_dir=Path(args.output_dir) if args.output_dir else None,
+            prompt_cache_mb=args.prompt_cache_mb,
+            compile=args.compile,
+            fuse_qkv=args.fuse_qkv,
+            attention_backend=args.attention_backend,
         )
 
 
@@ -139,6 +147,19 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", default=environ.get("KLEIN_OUTPUT_DIR"), help="where results are written (default: temp)"
     )
+    parser.add_argument(
+        "--prompt-cache-mb",
+        type=int,
+        default=int(environ.get("KLEIN_PROMPT_CACHE_MB", "256")),
+        help="memory for cached prompt embeddings, so a repeated prompt skips the text encoder (0: off)",
+    )
+    gpu = parser.add_argument_group("GPU speed-ups (off by default; see docs/BENCHMARKS.md)")
+    gpu.add_argument("--compile", action="store_true", default=_env_flag(environ, "KLEIN_COMPILE"),
+                     help="torch.compile the transformer's repeated blocks (slow first image, faster after)")
+    gpu.add_argument("--fuse-qkv", action="store_true", default=_env_flag(environ, "KLEIN_FUSE_QKV"),
+                     help="fuse the attention q/k/v projections into one matmul")
+    gpu.add_argument("--attention-backend", default=environ.get("KLEIN_ATTENTION_BACKEND"),
+                     help="diffusers attention backend, e.g. native, _native_cudnn, flash, _flash_3")
     return parser
 
 

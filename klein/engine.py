@@ -23,13 +23,16 @@ from . import presets
 from .config import Settings, choose_model, on_zero_gpu
 from .encode import MIME_TYPES, encode_image, write_image
 from .errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
-from .pipeline import LoadedModel, cached_model, load_model
+from .pipeline import LoadedModel, SpeedUps, cached_model, load_model
+from .prompt_cache import PromptCache
 from .request import GenerationRequest, Workflow
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat template included
+# One prompt-embedding cache per loaded model; module-level so a ZeroGPU worker (a fork) has it too.
+_prompt_caches: dict[tuple[str, str, str], PromptCache] = {}
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Engine:
         self.model_reason = model_reason
         self.output_dir = self.settings.output_dir or Path(tempfile.mkdtemp(prefix="klein-studio-"))
         self._lane = threading.Lock()
+        _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")
 
     @classmethod
@@ -99,7 +103,8 @@ class Engine:
         name, reason = choose_model(settings.model, torch.cuda.is_available(), on_zero_gpu())
         log.info("model %s: %s", name, reason)
         device = settings.device or ("cuda" if on_zero_gpu() else None)
-        model = load_model(name, settings.cache_dir, device, settings.dtype)
+        speed_ups = SpeedUps(settings.compile, settings.fuse_qkv, settings.attention_backend)
+        model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups)
         return cls(model, settings, reason)
 
     @property
@@ -256,7 +261,7 @@ def run_job(job: _Job, progress: ProgressCallback | None = None) -> tuple[Image.
     generator = torch.Generator(device="cpu").manual_seed(job.seed)
 
     t0 = time.perf_counter()
-    prompt_embeds, _ = pipe.encode_prompt(prompt=job.prompt, device=pipe._execution_device)
+    prompt_embeds = encode_prompt_cached(model, job.prompt)
     timings["text_encode"] = _ms_since(t0, model.device)
 
     def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
@@ -284,6 +289,20 @@ def run_job(job: _Job, progress: ProgressCallback | None = None) -> tuple[Image.
     image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
     timings["vae_decode"] = _ms_since(t0, model.device)
     return image, timings
+
+
+def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
+    """The prompt's embeddings, from the cache when this model has seen the prompt before.
+
+    Passing cached embeddings back to the pipeline gives bit-identical images (DESIGN.md).
+    """
+    cache = _prompt_caches.get(model.key)
+    embeds = cache.get(prompt) if cache is not None else None
+    if embeds is None:
+        embeds, _ = model.pipe.encode_prompt(prompt=prompt, device=model.pipe._execution_device)
+        if cache is not None:
+            cache.put(prompt, embeds)
+    return embeds
 
 
 def _ms_since(t0: float, device: str = "cpu") -> float:

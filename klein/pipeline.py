@@ -53,15 +53,49 @@ def default_dtype(device: str) -> str:
     return "bf16" if device.startswith("cuda") else "fp32"
 
 
-def load_model(model: str, cache_dir: Path, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+@dataclass(frozen=True)
+class SpeedUps:
+    """Optional GPU speed-ups, applied once at load time."""
+
+    compile: bool = False
+    fuse_qkv: bool = False
+    attention_backend: str | None = None
+
+
+def load_model(
+    model: str,
+    cache_dir: Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    speed_ups: SpeedUps = SpeedUps(),
+) -> LoadedModel:
     """Load `model` (cached). Raises ModelLoadError naming the model and the cause."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     key = (model, device, dtype)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _load(model, Path(cache_dir), device, dtype)
+            loaded = _load(model, Path(cache_dir), device, dtype)
+            apply_speed_ups(loaded.pipe, speed_ups)
+            _cache[key] = loaded
         return _cache[key]
+
+
+def apply_speed_ups(pipe: Flux2KleinPipeline, speed_ups: SpeedUps) -> None:
+    """Fuse projections, pick the attention backend and compile, in that order (compile sees the result)."""
+    transformer = pipe.transformer
+    if speed_ups.fuse_qkv:
+        transformer.fuse_qkv_projections()
+    if speed_ups.attention_backend:
+        try:
+            transformer.set_attention_backend(speed_ups.attention_backend)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"attention_backend: {speed_ups.attention_backend!r} cannot be used here ({_shorten(str(exc))})"
+            ) from exc
+    if speed_ups.compile:
+        # Compiling the repeated blocks compiles once per block type, not once per model: minutes less.
+        transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
 
 
 def cached_model(key: tuple[str, str, str]) -> LoadedModel:

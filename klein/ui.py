@@ -106,7 +106,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
         resolution: str = "1k",
         seed: float = 0,
         randomize_seed: bool = True,
-        output_format: str = "png",
+        output_format: str = "jpeg",
         custom_size: bool = False,
         width: float = 1024,
         height: float = 1024,
@@ -122,7 +122,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
             seed: the seed to use when randomize_seed is false (0..4294967295).
             randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "png", "jpeg" or "webp".
+            output_format: "jpeg" (default, fastest), "png" or "webp".
             custom_size: use width and height instead of the preset.
             width: custom width in pixels, a multiple of 16 in 64..2048.
             height: custom height in pixels, a multiple of 16 in 64..2048.
@@ -143,7 +143,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
         resolution: str = "1k",
         seed: float = 0,
         randomize_seed: bool = True,
-        output_format: str = "png",
+        output_format: str = "jpeg",
         custom_size: bool = False,
         width: float = 1024,
         height: float = 1024,
@@ -160,7 +160,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
             seed: the seed to use when randomize_seed is false (0..4294967295).
             randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "png", "jpeg" or "webp".
+            output_format: "jpeg" (default, fastest), "png" or "webp".
             custom_size: use width and height instead of the preset.
             width: custom width in pixels, a multiple of 16 in 64..2048.
             height: custom height in pixels, a multiple of 16 in 64..2048.
@@ -184,7 +184,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
         resolution: str = "1k",
         seed: float = 0,
         randomize_seed: bool = True,
-        output_format: str = "png",
+        output_format: str = "jpeg",
         custom_size: bool = False,
         width: float = 1024,
         height: float = 1024,
@@ -201,7 +201,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
             seed: the seed to use when randomize_seed is false (0..4294967295).
             randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "png", "jpeg" or "webp".
+            output_format: "jpeg" (default, fastest), "png" or "webp".
             custom_size: use width and height instead of the preset.
             width: custom width in pixels, a multiple of 16 in 64..2048.
             height: custom height in pixels, a multiple of 16 in 64..2048.
@@ -253,7 +253,7 @@ def _workflow_tab(fn, api_name: str, reference_input, spec, default_aspect: str)
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0)
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
-                output_format = gr.Dropdown(list(OUTPUT_FORMATS), value="png", label="Format", allow_custom_value=True)
+                output_format = gr.Dropdown(list(OUTPUT_FORMATS), value="jpeg", label="Format", allow_custom_value=True)
             with gr.Accordion("Advanced", open=False):
                 custom_size = gr.Checkbox(label="Custom size (overrides the preset)", value=False)
                 with gr.Row():

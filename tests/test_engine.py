@@ -103,3 +103,22 @@ def test_deadline_in_the_past_times_out(engine):
 
     with pytest.raises(GenerationTimeout, match="time limit"):
         engine.generate(GenerationRequest(prompt="x", **SMALL), deadline=time.monotonic() - 1)
+
+
+def test_repeated_prompt_skips_the_text_encoder_and_gives_the_same_image(engine):
+    calls = []
+    hook = engine.model.pipe.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        first = engine.generate(GenerationRequest(prompt="a never seen prompt", seed=3, **SMALL))
+        assert len(calls) == 1
+        second = engine.generate(GenerationRequest(prompt="a never seen prompt", seed=3, width=256, height=128))
+        again = engine.generate(GenerationRequest(prompt="a never seen prompt", seed=3, **SMALL))
+        assert len(calls) == 1  # both served from the cache
+        assert again.data == first.data and second.width == 256
+    finally:
+        hook.remove()
+
+
+def test_default_output_format_is_jpeg(engine):
+    result = engine.generate(GenerationRequest(prompt="x", **SMALL))
+    assert result.output_format == "jpeg" and result.data[:2] == b"\xff\xd8"

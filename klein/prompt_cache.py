@@ -1,0 +1,58 @@
+"""A bounded LRU cache of prompt embeddings, so a new seed or size for the same prompt skips the
+text encoder. Bounded by bytes, not entries: one real-model embedding is about 7.5 MB."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Hashable
+
+
+def tensor_bytes(tensor: Any) -> int:
+    return int(tensor.element_size() * tensor.nelement())
+
+
+class PromptCache:
+    """Thread-safe LRU keyed by (model, prompt); evicts the least recently used past `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = tensor_bytes(value)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self._bytes -= tensor_bytes(self._items.pop(key))
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= tensor_bytes(evicted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
