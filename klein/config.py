@@ -72,6 +72,7 @@ class Settings:
     compile: bool = False
     fuse_qkv: bool = False
     attention_backend: str | None = None
+    mcp: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -93,6 +94,7 @@ class Settings:
             compile=args.compile,
             fuse_qkv=args.fuse_qkv,
             attention_backend=args.attention_backend,
+            mcp=args.mcp,
         )
 
 
@@ -146,6 +148,12 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output-dir", default=environ.get("KLEIN_OUTPUT_DIR"), help="where results are written (default: temp)"
+    )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        default=_env_flag(environ, "GRADIO_MCP_SERVER"),
+        help="also serve the three workflows as MCP tools at /gradio_api/mcp/ (env GRADIO_MCP_SERVER)",
     )
     parser.add_argument(
         "--prompt-cache-mb",

@@ -8,6 +8,7 @@ encoding can cost more than a GPU generation.
 from __future__ import annotations
 
 import io
+import re
 import json
 import uuid
 from pathlib import Path
@@ -96,3 +97,44 @@ def read_metadata(source: str | Path | Image.Image) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
+
+
+_A1111_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)')
+
+
+def parse_a1111_parameters(text: str) -> dict[str, Any] | None:
+    """Prompt, seed, size, steps, guidance and model from an A1111-style parameters text."""
+    lines = text.strip().splitlines()
+    if not lines or "Steps:" not in lines[-1]:
+        return None
+    fields = {key.strip(): value.strip().strip('"') for key, value in _A1111_FIELD.findall(lines[-1])}
+    prompt_lines = [line for line in lines[:-1] if not line.startswith("Negative prompt:")]
+    settings: dict[str, Any] = {"prompt": "\n".join(prompt_lines).strip()}
+    converters = {"Seed": ("seed", int), "Steps": ("steps", int), "CFG scale": ("guidance", float),
+                  "Model": ("model", str), "Workflow": ("workflow", str)}
+    for key, (name, convert) in converters.items():
+        try:
+            settings[name] = convert(fields[key])
+        except (KeyError, ValueError):
+            pass
+    size = re.fullmatch(r"(\d+)x(\d+)", fields.get("Size", ""))
+    if size:
+        settings["width"], settings["height"] = int(size.group(1)), int(size.group(2))
+    return settings
+
+
+def settings_from_image(source: str | Path | Image.Image) -> dict[str, Any] | None:
+    """The settings an image was made with: Klein Studio's record, else A1111-style parameters."""
+    image = source if isinstance(source, Image.Image) else Image.open(source)
+    record = read_metadata(image)
+    if record is not None:
+        return record
+    text = image.info.get("parameters")
+    if text is None:
+        comment = image.getexif().get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+        if isinstance(comment, bytes) and comment.startswith(b"UNICODE\x00"):
+            body = comment[8:]
+            text = body.decode("utf-16-be" if body[:1] == b"\x00" else "utf-16-le", "replace")
+        elif isinstance(comment, bytes) and comment.startswith(b"ASCII\x00\x00\x00"):
+            text = comment[8:].decode("ascii", "replace")
+    return parse_a1111_parameters(text) if isinstance(text, str) else None

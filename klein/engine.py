@@ -161,6 +161,9 @@ class Engine:
             "guidance": job.guidance,
             "workflow": request.workflow.value,
             "references": len(request.images),
+            "aspect_ratio": request.aspect_ratio,
+            "resolution": request.resolution,
+            "custom_size": request.width is not None,
         }
         data = encode_image(image, request.output_format, meta)
         path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")

@@ -1,6 +1,7 @@
 """The Gradio app: build_demo(engine) -> gr.Blocks. The only module that imports gradio.
 
 Three tabs, each a named API endpoint (text_to_image, edit, multi_reference) over the same engine.
+Helper events (history, reuse seed, use as input, load settings, cancel) are private to the page.
 Event functions turn engine errors into gr.Error; their docstrings are the API and MCP descriptions.
 """
 
@@ -9,25 +10,45 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from . import presets
-from .engine import Engine, GenerationResult
+from .display import format_info, model_banner
+from .encode import settings_from_image
+from .engine import Engine
 from .errors import InvalidRequest, KleinError
 from .images import load_reference
-from .request import OUTPUT_FORMATS, GenerationRequest
+from .request import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, GenerationRequest
+from .sessions import Cancellations
 
 log = logging.getLogger(__name__)
 
 GPU_LANE = "gpu"  # every generating event shares it, so two tabs never run the model at once
-RESOLUTION_CHOICES = list(presets.RESOLUTIONS)
-PRESET_CHOICES = list(presets.ASPECT_PRESETS)
-TINY_NOTICE = (
-    "**The active model is the tiny random-weight model: its images are noise, not pictures.** "
-    "It exists to try and test the app without downloading weights; start with `--model flux2-klein-4b` on a GPU."
-)
+HISTORY_LIMIT = 48
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# Enter in a prompt box generates, Shift+Enter adds a line (Gradio's own multi-line box does the reverse).
+ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
+# System fonts only: the page must not fetch web fonts from another host.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+# The Args every endpoint shares; Gradio reads them from the docstrings for the API and MCP pages.
+COMMON_ARGS_DOC = """\
+            resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
+            seed: the seed to use when randomize_seed is false (0..4294967295).
+            randomize_seed: pick a random seed; the seed used is returned either way.
+            output_format: "jpeg" (default, fastest), "png" or "webp".
+            custom_size: use width and height instead of the preset.
+            width: custom width in pixels, a multiple of 16 in 64..2048.
+            height: custom height in pixels, a multiple of 16 in 64..2048.
+            steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
+            guidance: guidance scale, used by base models only.
+"""
 
 
 @contextmanager
@@ -58,34 +79,74 @@ def gallery_paths(images: Sequence[Any] | None) -> list[Any]:
     return [item[0] if isinstance(item, (tuple, list)) else item for item in images or []]
 
 
-def format_info(result: GenerationResult) -> str:
-    t = result.timings_ms
-    stages = ", ".join(f"{name.replace('_', ' ')} {t[name]:.0f} ms" for name in t if name != "total")
-    return (
-        f"**{result.width}×{result.height}** · seed `{result.seed}` · {result.model} · {result.steps} steps · "
-        f"{result.workflow.value.replace('_', ' ')} · {result.output_format}  \n"
-        f"{t.get('total', 0):.0f} ms ({stages})"
-    )
+@dataclass
+class TabControls:
+    """The components of one workflow tab."""
+
+    workflow: str
+    reference: Any
+    prompt: Any
+    aspect_ratio: Any
+    resolution: Any
+    seed: Any
+    randomize_seed: Any
+    output_format: Any
+    custom_size: Any
+    width: Any
+    height: Any
+    steps: Any
+    guidance: Any
+    generate: Any
+    cancel: Any
+    result: Any
+    seed_used: Any
+    reuse_seed: Any
+    to_edit: Any
+    to_multi: Any
+    info: Any
+
+    def inputs(self) -> list:
+        """The endpoint's inputs, in the order of its API parameters."""
+        settings = [self.prompt, self.aspect_ratio, self.resolution, self.seed, self.randomize_seed,
+                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance]
+        return ([self.reference] if self.reference is not None else []) + settings
+
+    def restorable(self) -> list:
+        return self.inputs()[1:] if self.reference is not None else self.inputs()
 
 
-def model_banner(engine: Engine) -> str:
-    model = engine.model
-    text = f"Model **{model.spec.name}** on {model.device} ({str(model.dtype).removeprefix('torch.')})"
-    if engine.model_reason:
-        text += f" — {engine.model_reason}"
-    return text + ("\n\n" + TINY_NOTICE if model.is_tiny else "")
+def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
+    """Fill a tab's controls from recorded settings (history entry or image metadata)."""
+    updates = {tab.prompt: settings.get("prompt", ""), tab.randomize_seed: False}
+    if "seed" in settings:
+        updates[tab.seed] = settings["seed"]
+    choices = presets.ASPECT_PRESETS if tab.reference is None else [presets.MATCH_INPUT, *presets.ASPECT_PRESETS]
+    if settings.get("aspect_ratio") in choices:
+        updates[tab.aspect_ratio] = settings["aspect_ratio"]
+    if settings.get("resolution") in presets.RESOLUTIONS:
+        updates[tab.resolution] = settings["resolution"]
+    if settings.get("output_format") in OUTPUT_FORMATS:
+        updates[tab.output_format] = settings["output_format"]
+    custom = settings.get("custom_size", "aspect_ratio" not in settings)
+    if custom and "width" in settings and "height" in settings:
+        updates.update({tab.custom_size: True, tab.width: settings["width"], tab.height: settings["height"]})
+    for key, component in (("steps", tab.steps), ("guidance", tab.guidance)):
+        if key in settings:
+            updates[component] = settings[key]
+    return updates
 
 
 def build_demo(engine: Engine) -> gr.Blocks:
     """The Klein Studio Blocks app over `engine`."""
     spec = engine.model.spec
     limits = engine.limits
+    cancellations = Cancellations()
 
-    def run(prompt, images, aspect_ratio, resolution, seed, randomize_seed, output_format,
-            custom_size, width, height, steps, guidance, progress) -> tuple[str, int, str]:
-        request = GenerationRequest(
+    def run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
+            custom_size, width, height, steps, guidance, progress, request) -> tuple[str, int, str]:
+        generation = GenerationRequest(
             prompt=prompt,
-            images=tuple(images),
+            images=tuple(references),
             aspect_ratio=aspect_ratio,
             resolution=resolution,
             seed=seed_from(seed, randomize_seed),
@@ -96,77 +157,46 @@ def build_demo(engine: Engine) -> gr.Blocks:
             output_format=output_format,
             limits=limits,
         )
-        progress(0, desc="Starting")
-        result = engine.generate(request, progress=lambda step, total: progress((step, total), unit="steps"))
+        session = getattr(request, "session_hash", None) or "anonymous"
+        cancel = cancellations.start(session)
+        try:
+            progress(0, desc="Starting")
+            result = engine.generate(generation, lambda step, total: progress((step, total), unit="steps"),
+                                     cancel=cancel)
+        finally:
+            cancellations.finish(session, cancel)
         return str(result.path), result.seed, format_info(result)
 
-    def text_to_image(
-        prompt: str,
-        aspect_ratio: str = "square_1_1",
-        resolution: str = "1k",
-        seed: float = 0,
-        randomize_seed: bool = True,
-        output_format: str = "jpeg",
-        custom_size: bool = False,
-        width: float = 1024,
-        height: float = 1024,
-        steps: float = spec.steps,
-        guidance: float = spec.guidance,
-        progress=gr.Progress(),
-    ) -> tuple[str, int, str]:
+    def text_to_image(prompt: str, aspect_ratio: str = "square_1_1", resolution: str = "1k", seed: float = 0,
+                      randomize_seed: bool = True, output_format: str = DEFAULT_OUTPUT_FORMAT,
+                      custom_size: bool = False, width: float = 1024, height: float = 1024,
+                      steps: float = spec.steps, guidance: float = spec.guidance,
+                      progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Generate an image from a text prompt with FLUX.2 [klein].
 
         Args:
             prompt: what the image should show.
             aspect_ratio: a preset such as square_1_1, widescreen_16_9, landscape or portrait.
-            resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
-            seed: the seed to use when randomize_seed is false (0..4294967295).
-            randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "jpeg" (default, fastest), "png" or "webp".
-            custom_size: use width and height instead of the preset.
-            width: custom width in pixels, a multiple of 16 in 64..2048.
-            height: custom height in pixels, a multiple of 16 in 64..2048.
-            steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
-            guidance: guidance scale, used by base models only.
-
+{common}
         Returns:
             The image file, the seed used, and a line describing the generation.
         """
         with user_errors():
-            return run(prompt, (), aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress)
+            return run((), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
+                       custom_size, width, height, steps, guidance, progress, request)
 
-    def edit(
-        image: str | None,
-        prompt: str,
-        aspect_ratio: str = "match_input",
-        resolution: str = "1k",
-        seed: float = 0,
-        randomize_seed: bool = True,
-        output_format: str = "jpeg",
-        custom_size: bool = False,
-        width: float = 1024,
-        height: float = 1024,
-        steps: float = spec.steps,
-        guidance: float = spec.guidance,
-        progress=gr.Progress(),
-    ) -> tuple[str, int, str]:
+    def edit_image(image: str | None, prompt: str, aspect_ratio: str = "match_input", resolution: str = "1k",
+                   seed: float = 0, randomize_seed: bool = True, output_format: str = DEFAULT_OUTPUT_FORMAT,
+                   custom_size: bool = False, width: float = 1024, height: float = 1024,
+                   steps: float = spec.steps, guidance: float = spec.guidance,
+                   progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Edit an image with a text instruction with FLUX.2 [klein].
 
         Args:
             image: the image to edit (PNG, JPEG or WebP, at least 64 px a side, aspect at most 8:1).
             prompt: the edit to make, e.g. "make it night time".
             aspect_ratio: "match_input" keeps the input's aspect ratio; or a preset such as square_1_1.
-            resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
-            seed: the seed to use when randomize_seed is false (0..4294967295).
-            randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "jpeg" (default, fastest), "png" or "webp".
-            custom_size: use width and height instead of the preset.
-            width: custom width in pixels, a multiple of 16 in 64..2048.
-            height: custom height in pixels, a multiple of 16 in 64..2048.
-            steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
-            guidance: guidance scale, used by base models only.
-
+{common}
         Returns:
             The edited image file, the seed used, and a line describing the generation.
         """
@@ -174,86 +204,122 @@ def build_demo(engine: Engine) -> gr.Blocks:
             if not image:
                 raise InvalidRequest("image", "is missing; upload the image to edit")
             reference = load_reference(image, "image", limits)
-            return run(prompt, (reference,), aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress)
+            return run((reference,), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
+                       custom_size, width, height, steps, guidance, progress, request)
 
-    def multi_reference(
-        images: list | None,
-        prompt: str,
-        aspect_ratio: str = "match_input",
-        resolution: str = "1k",
-        seed: float = 0,
-        randomize_seed: bool = True,
-        output_format: str = "jpeg",
-        custom_size: bool = False,
-        width: float = 1024,
-        height: float = 1024,
-        steps: float = spec.steps,
-        guidance: float = spec.guidance,
-        progress=gr.Progress(),
-    ) -> tuple[str, int, str]:
+    def multi_reference_image(images: list | None, prompt: str, aspect_ratio: str = "match_input",
+                              resolution: str = "1k", seed: float = 0, randomize_seed: bool = True,
+                              output_format: str = DEFAULT_OUTPUT_FORMAT, custom_size: bool = False,
+                              width: float = 1024, height: float = 1024, steps: float = spec.steps,
+                              guidance: float = spec.guidance,
+                              progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Generate an image from 2 to 4 reference images and a prompt with FLUX.2 [klein].
 
         Args:
             images: 2 to 4 reference images (PNG, JPEG or WebP), e.g. a person, a product and a place.
             prompt: how to combine them, e.g. "the person from image 1 holding the cup from image 2".
             aspect_ratio: "match_input" uses the first image's aspect ratio; or a preset such as landscape.
-            resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
-            seed: the seed to use when randomize_seed is false (0..4294967295).
-            randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "jpeg" (default, fastest), "png" or "webp".
-            custom_size: use width and height instead of the preset.
-            width: custom width in pixels, a multiple of 16 in 64..2048.
-            height: custom height in pixels, a multiple of 16 in 64..2048.
-            steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
-            guidance: guidance scale, used by base models only.
-
+{common}
         Returns:
             The generated image file, the seed used, and a line describing the generation.
         """
         with user_errors():
             paths = gallery_paths(images)
             if not 2 <= len(paths) <= limits.max_references:
-                raise InvalidRequest(
-                    "images",
-                    f"{len(paths)} reference image{'s' if len(paths) != 1 else ''} given, "
-                    f"multi-reference needs 2 to {limits.max_references}",
-                )
+                raise InvalidRequest("images", f"{len(paths)} reference image{'s' if len(paths) != 1 else ''} "
+                                               f"given, multi-reference needs 2 to {limits.max_references}")
             references = tuple(load_reference(p, f"images[{i}]", limits) for i, p in enumerate(paths))
-            return run(prompt, references, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress)
+            return run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
+                       custom_size, width, height, steps, guidance, progress, request)
+
+    for fn in (text_to_image, edit_image, multi_reference_image):
+        fn.__doc__ = fn.__doc__.replace("{common}\n", COMMON_ARGS_DOC)
 
     with gr.Blocks(title="Klein Studio") as demo:
         gr.Markdown("# Klein Studio\nFLUX.2 [klein]: text-to-image, editing and multi-reference generation.")
         gr.Markdown(model_banner(engine), elem_id="model-banner")
-        with gr.Tabs():
+        history = gr.State([])
+        with gr.Tabs(elem_id="workflow-tabs") as tabs:
             with gr.Tab("Text to image", id="text_to_image"):
-                _workflow_tab(text_to_image, "text_to_image", None, spec, default_aspect="square_1_1")
+                t2i = _workflow_tab("text_to_image", None, spec)
+                gr.Examples([["a lighthouse on a cliff at dusk, volumetric light"],
+                             ["a bowl of ramen, studio photo, top-down"],
+                             ["an isometric cozy reading nook, soft morning light"]], [t2i.prompt],
+                            label="Example prompts")
             with gr.Tab("Edit", id="edit"):
                 image_input = gr.Image(label="Image to edit", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=320)
-                _workflow_tab(edit, "edit", image_input, spec, default_aspect=presets.MATCH_INPUT)
+                                       sources=["upload", "clipboard"], height=300, elem_id="edit-image")
+                edit = _workflow_tab("edit", image_input, spec)
+                gr.Examples([[str(ASSETS / "armchair.png"), "make the armchair green velvet"],
+                             [str(ASSETS / "mountains.jpg"), "make it a snowy winter night"],
+                             [str(ASSETS / "robot.png"), "give the robot a red scarf"]],
+                            [image_input, edit.prompt], label="Examples")
             with gr.Tab("Multi-reference", id="multi_reference"):
                 gallery = gr.Gallery(label=f"Reference images (2 to {limits.max_references})", type="filepath",
-                                     interactive=True, columns=4, height=240, file_types=["image"])
-                _workflow_tab(multi_reference, "multi_reference", gallery, spec, default_aspect=presets.MATCH_INPUT)
+                                     interactive=True, columns=4, height=220, file_types=["image"],
+                                     elem_id="multi_reference-images")
+                multi = _workflow_tab("multi_reference", gallery, spec)
+                gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
+                              "the robot from image 1 standing in the landscape of image 2"],
+                             [[str(ASSETS / "armchair.png"), str(ASSETS / "mug.png"), str(ASSETS / "mountains.jpg")],
+                              "the armchair and the mug on a terrace facing the mountains"]],
+                            [gallery, multi.prompt], label="Examples")
+        with gr.Accordion("History (this browser session; click one to restore its settings)", open=True):
+            history_gallery = gr.Gallery(show_label=False, columns=6, height=200, allow_preview=False,
+                                         interactive=False, elem_id="history")
+        with gr.Accordion("Load settings from image", open=False):
+            settings_image = gr.Image(label="Drop an image made by Klein Studio (or with A1111-style parameters)",
+                                      type="filepath", image_mode=None, sources=["upload"], height=200,
+                                      elem_id="settings-image")
+
+        controls = {"text_to_image": t2i, "edit": edit, "multi_reference": multi}
+        for tab, fn in ((t2i, text_to_image), (edit, edit_image), (multi, multi_reference_image)):
+            _wire_tab(tab, fn, history, history_gallery, cancellations)
+            _wire_use_as_input(tab, image_input, gallery, tabs)
+
+        every_control = [c for tab in controls.values() for c in tab.restorable()]
+
+        def restore_from_history(entries: list[dict], evt: gr.SelectData) -> dict:
+            entry = entries[evt.index]
+            workflow = entry.get("workflow", "text_to_image")
+            return {**restore_updates(controls[workflow], entry), tabs: gr.Tabs(selected=workflow)}
+
+        def load_settings(path: str | None) -> dict:
+            if not path:
+                return {}
+            settings = settings_from_image(path)
+            if not settings:
+                gr.Warning("This image carries no generation settings (no Klein Studio or A1111 metadata).")
+                return {}
+            workflow = settings.get("workflow") if settings.get("workflow") in controls else "text_to_image"
+            gr.Info(f"Settings loaded from an image made with {settings.get('model', 'an unknown model')}.")
+            return {**restore_updates(controls[workflow], settings), tabs: gr.Tabs(selected=workflow)}
+
+        history_gallery.select(restore_from_history, [history], every_control + [tabs],
+                               api_visibility="private", queue=False)
+        # Queued, because gr.Info / gr.Warning reach the page only through the queue.
+        settings_image.upload(load_settings, [settings_image], every_control + [tabs], api_visibility="private")
     return demo
 
 
-def _workflow_tab(fn, api_name: str, reference_input, spec, default_aspect: str) -> None:
-    """Prompt, controls, Advanced accordion, result; wires the Generate button and Enter to `fn`."""
-    with gr.Row():
-        with gr.Column(scale=1):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image…", elem_id=f"{api_name}-prompt")
-            choices = PRESET_CHOICES if reference_input is None else [presets.MATCH_INPUT] + PRESET_CHOICES
+def _workflow_tab(workflow: str, reference, spec) -> TabControls:
+    """Prompt, controls, Advanced accordion and result for one workflow."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image… (Enter generates, "
+                                "Shift+Enter adds a line)", elem_id=f"{workflow}-prompt")
+            choices = list(presets.ASPECT_PRESETS) if reference is None else [presets.MATCH_INPUT,
+                                                                                *presets.ASPECT_PRESETS]
             with gr.Row():
                 # allow_custom_value lets the engine reject a bad value with a message naming the field.
-                aspect_ratio = gr.Dropdown(choices, value=default_aspect, label="Aspect ratio", allow_custom_value=True)
-                resolution = gr.Dropdown(RESOLUTION_CHOICES, value="1k", label="Resolution", allow_custom_value=True)
+                aspect_ratio = gr.Dropdown(choices, value=choices[0], label="Aspect ratio", allow_custom_value=True)
+                resolution = gr.Dropdown(list(presets.RESOLUTIONS), value="1k", label="Resolution",
+                                         allow_custom_value=True)
+                output_format = gr.Dropdown(list(OUTPUT_FORMATS), value=DEFAULT_OUTPUT_FORMAT, label="Format",
+                                            allow_custom_value=True)
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0)
-                randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
-                output_format = gr.Dropdown(list(OUTPUT_FORMATS), value="jpeg", label="Format", allow_custom_value=True)
+                seed = gr.Number(label="Seed", value=0, precision=0, elem_id=f"{workflow}-seed")
+                randomize_seed = gr.Checkbox(label="Randomize seed", value=True, elem_id=f"{workflow}-randomize")
             with gr.Accordion("Advanced", open=False):
                 custom_size = gr.Checkbox(label="Custom size (overrides the preset)", value=False)
                 with gr.Row():
@@ -262,33 +328,101 @@ def _workflow_tab(fn, api_name: str, reference_input, spec, default_aspect: str)
                 steps = gr.Slider(1, 100 if not spec.distilled else 16, value=spec.steps, step=1, label="Steps")
                 guidance = gr.Slider(0, 20, value=spec.guidance, step=0.1, label="Guidance",
                                      visible=not spec.distilled)
-            button = gr.Button("Generate", variant="primary", elem_id=f"{api_name}-generate")
-        with gr.Column(scale=1):
-            result = gr.Image(label="Result", type="filepath", interactive=False, elem_id=f"{api_name}-result")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-            info = gr.Markdown(label="Generation info", elem_id=f"{api_name}-info")
-    inputs = [reference_input] if reference_input is not None else []
-    inputs += [prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-               custom_size, width, height, steps, guidance]
-    gr.on(
-        triggers=[button.click, prompt.submit],
-        fn=fn,
-        inputs=inputs,
-        outputs=[result, seed_used, info],
-        api_name=api_name,
-        concurrency_id=GPU_LANE,
-    )
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{workflow}-generate", scale=3)
+                cancel = gr.Button("Cancel", variant="stop", elem_id=f"{workflow}-cancel", scale=1)
+        with gr.Column(scale=1, min_width=320):
+            result = gr.Image(label="Result", type="filepath", interactive=False, elem_id=f"{workflow}-result",
+                              buttons=["download", "fullscreen"])
+            with gr.Row():
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False,
+                                      elem_id=f"{workflow}-seed-used")
+                reuse_seed = gr.Button("♻ Reuse seed", size="sm", elem_id=f"{workflow}-reuse-seed")
+            with gr.Row():
+                to_edit = gr.Button("Edit this image", size="sm", elem_id=f"{workflow}-to-edit")
+                to_multi = gr.Button("Add to multi-reference", size="sm", elem_id=f"{workflow}-to-multi")
+            info = gr.Markdown(label="Generation info", elem_id=f"{workflow}-info")
+    return TabControls(workflow, reference, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
+                       custom_size, width, height, steps, guidance, generate, cancel, result, seed_used,
+                       reuse_seed, to_edit, to_multi, info)
+
+
+def _wire_tab(tab: TabControls, fn, history, history_gallery, cancellations: Cancellations) -> None:
+    """Generate (the public endpoint), then history; Cancel; Reuse seed."""
+    event = tab.generate.click(fn, tab.inputs(), [tab.result, tab.seed_used, tab.info], api_name=tab.workflow,
+                               concurrency_id=GPU_LANE)
+
+    def add_to_history(path: str | None, entries: list[dict]) -> tuple[list[dict], list]:
+        settings = settings_from_image(path) if path else None
+        if settings is None:
+            return entries, [(e["path"], e["caption"]) for e in entries]
+        output_format = {".jpg": "jpeg", ".png": "png", ".webp": "webp"}.get(Path(path).suffix)
+        entry = {**settings, "path": path, "output_format": output_format,
+                 "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
+        entries = [entry, *entries][:HISTORY_LIMIT]
+        return entries, [(e["path"], e["caption"]) for e in entries]
+
+    def cancel_generation(request: gr.Request) -> None:
+        cancellations.cancel(request.session_hash)
+        gr.Info("Cancelled.")
+
+    event.success(add_to_history, [tab.result, history], [history, history_gallery],
+                  api_visibility="private", queue=False)
+    tab.cancel.click(cancel_generation, None, None, cancels=[event], api_visibility="private")
+    tab.reuse_seed.click(lambda seed: (seed, False) if seed is not None else (gr.skip(), gr.skip()),
+                         [tab.seed_used], [tab.seed, tab.randomize_seed], api_visibility="private", queue=False)
+
+
+def _wire_use_as_input(tab: TabControls, image_input, gallery, tabs) -> None:
+    """Send a result to the Edit tab, or add it to the Multi-reference gallery."""
+
+    def to_edit(path: str | None):
+        if not path:
+            gr.Warning("Generate an image first.")
+            return gr.skip(), gr.skip()
+        return path, gr.Tabs(selected="edit")
+
+    def to_multi(path: str | None, current: list | None):
+        if not path:
+            gr.Warning("Generate an image first.")
+            return gr.skip(), gr.skip()
+        paths = gallery_paths(current)
+        if len(paths) >= 4:
+            gr.Warning("Multi-reference takes at most 4 images; remove one first.")
+            return gr.skip(), gr.Tabs(selected="multi_reference")
+        return paths + [path], gr.Tabs(selected="multi_reference")
+
+    tab.to_edit.click(to_edit, [tab.result], [image_input, tabs], api_visibility="private")
+    tab.to_multi.click(to_multi, [tab.result, gallery], [gallery, tabs], api_visibility="private")
+
+
+def _unpack_multi_output_mcp_results() -> None:
+    """Gradio 6.31 hands an MCP client that sends no progress token one text repr of a multi-output
+    result (GradioMCPServer._execute_tool_without_progress returns [result]); give it each output,
+    so the image arrives as image content."""
+    from gradio.mcp import GradioMCPServer
+    from anyio.to_thread import run_sync
+
+    async def execute_without_progress(self, job: Any) -> list[Any]:
+        result = await run_sync(job.result)
+        return list(result) if isinstance(result, tuple) else [result]
+
+    GradioMCPServer._execute_tool_without_progress = execute_without_progress
 
 
 def launch(demo: gr.Blocks, engine: Engine, settings, **kwargs: Any):
-    """Launch the app with the house theme, the upload limit and the output folder allowed."""
+    """Launch the app with the house theme, the upload limit, the output folder allowed, and MCP if asked."""
+    if settings.mcp:
+        _unpack_multi_output_mcp_results()
     return demo.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=settings.share,
         max_file_size=engine.limits.max_image_bytes,
-        allowed_paths=[str(engine.output_dir)],
-        theme=gr.themes.Soft(),
+        allowed_paths=[str(engine.output_dir), str(ASSETS)],
+        theme=THEME,
+        js=ENTER_TO_GENERATE_JS,
         footer_links=["api", "gradio", "settings"],
+        mcp_server=settings.mcp,
         **kwargs,
     )

@@ -36,3 +36,40 @@ def test_same_inputs_same_bytes():
 
 def test_image_without_metadata():
     assert read_metadata(Image.new("RGB", (10, 10))) is None
+
+
+def test_settings_from_a_klein_image_and_an_a1111_png(tmp_path):
+    from PIL import PngImagePlugin
+
+    from klein.encode import settings_from_image
+
+    klein_file = write_image(encode_image(Image.new("RGB", (64, 64)), "webp", META), "webp", tmp_path)
+    assert settings_from_image(klein_file)["seed"] == 42
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", 'a castle, sunset\nNegative prompt: blurry\n'
+                  'Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 1234, Size: 512x768, Model: sdxl, '
+                  'Lora hashes: "a: 1, b: 2"')
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    assert settings_from_image(path) == {"prompt": "a castle, sunset", "seed": 1234, "steps": 20, "guidance": 7.5,
+                                         "model": "sdxl", "width": 512, "height": 768}
+
+
+def test_a1111_jpeg_user_comment_in_utf16(tmp_path):
+    from klein.encode import EXIF_IFD, EXIF_USER_COMMENT, settings_from_image
+
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\x00" + "a fox\nSteps: 4, Seed: 7, Size: 64x64".encode(
+        "utf-16-be")
+    path = tmp_path / "a1111.jpg"
+    Image.new("RGB", (64, 64)).save(path, exif=exif)
+    assert settings_from_image(path) == {"prompt": "a fox", "seed": 7, "steps": 4, "width": 64, "height": 64}
+
+
+def test_image_without_any_settings(tmp_path):
+    from klein.encode import settings_from_image
+
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (64, 64)).save(path)
+    assert settings_from_image(path) is None

@@ -1,0 +1,175 @@
+"""The app in a real browser: Debian's chromium driven by Playwright, against `app.py --model tiny`.
+
+chromium comes from apt (installed by .ci/run); no browser is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from klein import presets
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+ASSETS = ROOT / "assets"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `apt-get install chromium` (bash .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.requests = []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.goto(app_url, wait_until="load")
+    page.wait_for_selector("#text_to_image-prompt textarea")
+    yield page
+    context.close()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def generate(page, workflow: str, prompt: str | None = None, *, press_enter: bool = False) -> None:
+    info = page.locator(f"#{workflow}-info")
+    before = info.inner_text()
+    if prompt is not None:
+        page.fill(f"#{workflow}-prompt textarea", prompt)
+    if press_enter:
+        page.press(f"#{workflow}-prompt textarea", "Enter")
+    else:
+        page.click(f"#{workflow}-generate")
+    page.wait_for_function(
+        "([id, before]) => { const t = document.querySelector(id).innerText; return t.includes('×') && t !== before; }",
+        arg=[f"#{workflow}-info", before])
+
+
+def result_size(page, workflow: str) -> tuple[int, int]:
+    page.wait_for_function(f"() => document.querySelector('#{workflow}-result img')?.complete")
+    return tuple(page.eval_on_selector(f"#{workflow}-result img", "img => [img.naturalWidth, img.naturalHeight]"))
+
+
+def seed_used(page, workflow: str) -> int:
+    return int(page.input_value(f"#{workflow}-seed-used input"))
+
+
+def test_page_loads_only_from_the_app_itself(page, app_url):
+    generate(page, "text_to_image", "a lighthouse")
+    hosts = {re.sub(r"^\w+://([^/]+).*", r"\1", url) for url in page.requests if not url.startswith(("data:", "blob:"))}
+    assert hosts == {app_url.split("/")[2]}
+
+
+def test_text_to_image_with_enter_and_shift_enter(page):
+    page.fill("#text_to_image-prompt textarea", "a lighthouse")
+    page.press("#text_to_image-prompt textarea", "Shift+Enter")
+    page.keyboard.type("at dusk")
+    assert page.input_value("#text_to_image-prompt textarea") == "a lighthouse\nat dusk"
+    generate(page, "text_to_image", press_enter=True)
+    assert result_size(page, "text_to_image") == (1024, 1024)
+    assert "1024×1024" in page.inner_text("#text_to_image-info")
+    page.screenshot(path=str(SCREENSHOTS / "text_to_image.png"), full_page=True)
+
+
+def test_edit_tab_generates_at_the_input_aspect(page):
+    open_tab(page, "Edit")
+    page.set_input_files("#edit-image input[type=file]", str(ASSETS / "mountains.jpg"))
+    page.wait_for_selector("#edit-image img")
+    generate(page, "edit", "make it a snowy night")
+    expected = presets.size_matching(Image.open(ASSETS / "mountains.jpg").size, "1k")
+    assert result_size(page, "edit") == expected
+    page.screenshot(path=str(SCREENSHOTS / "edit.png"), full_page=True)
+
+
+def test_multi_reference_from_an_example(page):
+    open_tab(page, "Multi-reference")
+    page.get_by_text("the robot from image 1 standing in the landscape of image 2").click()
+    page.wait_for_function("() => document.querySelectorAll('#multi_reference-images img').length >= 2")
+    generate(page, "multi_reference")
+    expected = presets.size_matching(Image.open(ASSETS / "robot.png").size, "1k")
+    assert result_size(page, "multi_reference") == expected
+    page.screenshot(path=str(SCREENSHOTS / "multi_reference.png"), full_page=True)
+
+
+def test_empty_prompt_shows_an_error_toast(page):
+    page.fill("#text_to_image-prompt textarea", "   ")
+    page.click("#text_to_image-generate")
+    page.get_by_text("prompt: is empty").first.wait_for()
+
+
+def test_reuse_seed_and_history_restore(page):
+    generate(page, "text_to_image", "a red fox in snow")
+    first_seed = seed_used(page, "text_to_image")
+    page.click("#text_to_image-reuse-seed")
+    page.wait_for_function(f"() => document.querySelector('#text_to_image-seed input').value == '{first_seed}'")
+    assert not page.is_checked("#text_to_image-randomize input")
+    page.check("#text_to_image-randomize input")
+    generate(page, "text_to_image", "a blue whale")
+    page.wait_for_function("() => document.querySelectorAll('#history img').length >= 2")
+    page.locator("#history img").nth(1).click()  # newest first: the fox is second
+    page.wait_for_function("() => document.querySelector('#text_to_image-prompt textarea').value == 'a red fox in snow'")
+    assert page.input_value("#text_to_image-seed input") == str(first_seed)
+    assert not page.is_checked("#text_to_image-randomize input")
+
+
+def test_use_as_input_sends_the_result_to_edit_and_multi_reference(page):
+    generate(page, "text_to_image", "a teapot")
+    page.click("#text_to_image-to-edit")
+    page.wait_for_selector("#edit-image img")
+    assert page.get_by_role("tab", name="Edit").get_attribute("aria-selected") == "true"
+    open_tab(page, "Text to image")
+    page.click("#text_to_image-to-multi")
+    page.wait_for_function("() => document.querySelectorAll('#multi_reference-images img').length == 1")
+
+
+def test_load_settings_from_image(page, tmp_path):
+    generate(page, "text_to_image", "an owl at night")
+    seed = seed_used(page, "text_to_image")
+    src = page.get_attribute("#text_to_image-result img", "src")
+    made = tmp_path / "made.jpg"
+    made.write_bytes(page.request.get(src).body())
+    page.fill("#text_to_image-prompt textarea", "something else")
+    page.get_by_text("Load settings from image").click()  # closed accordions are not in the DOM
+    page.set_input_files("#settings-image input[type=file]", str(made))
+    page.wait_for_function("() => document.querySelector('#text_to_image-prompt textarea').value == 'an owl at night'")
+    assert page.input_value("#text_to_image-seed input") == str(seed)
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (128, 128), "white").save(plain)
+    page.locator("#settings-image button[aria-label='Remove Image']").first.click()
+    page.set_input_files("#settings-image input[type=file]", str(plain))
+    page.get_by_text("carries no generation settings").first.wait_for()
+
+
+def test_phone_width_and_dark_mode_screenshots(browser, app_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page = context.new_page()
+    page.goto(app_url + "?__theme=dark", wait_until="load")
+    page.wait_for_selector("#text_to_image-prompt textarea")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 390 + 1  # nothing forces sideways scrolling on a phone
+    background = page.evaluate("() => getComputedStyle(document.querySelector('.gradio-container')).backgroundColor")
+    page.screenshot(path=str(SCREENSHOTS / "phone_dark.png"), full_page=True)
+    context.close()
+    channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+    assert sum(channels) < 3 * 80, background  # a dark background
