@@ -1,0 +1,327 @@
+"""Prompt and image moderation for a safety tolerance 0 (strictest) .. 5 (most permissive) (pure: no torch).
+
+Prompts are matched against the reviewed term list in data/safety_terms.json (categories sexual,
+violence, hate, self_harm with severities 1..3, plus a minors list); images go through a nudity
+detector (klein/nudity.py). POLICY says, per tolerance, the highest prompt severity allowed in each
+category and the detector score at which each image group is blocked. A sexual term together with a
+minors term is refused at every tolerance. Everything runs offline, in well under a millisecond per
+prompt and a few tens of milliseconds per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import ContentModerated, RequestModerated
+from .nudity import GROUP_ORDER, Detection, Detector, NudeNetDetector
+
+log = logging.getLogger(__name__)
+
+TERMS_PATH = Path(__file__).resolve().parent / "data" / "safety_terms.json"
+CATEGORIES = ("sexual", "violence", "hate", "self_harm")
+MAX_TOLERANCE = 5
+
+
+@dataclass(frozen=True)
+class Level:
+    """What one tolerance allows: max prompt severity per category (0 = none), image block score per group."""
+
+    prompt: Mapping[str, int]
+    image: Mapping[str, float | None]  # None: never blocked
+
+
+def _level(prompt: tuple[int, int, int, int], image: tuple[float | None, ...]) -> Level:
+    return Level(dict(zip(CATEGORIES, prompt)), dict(zip(("suggestive", "nudity", "explicit"), image)))
+
+
+#               sexual violence hate self_harm   suggestive nudity explicit
+POLICY: dict[int, Level] = {
+    0: _level((0, 0, 0, 0), (0.50, 0.35, 0.25)),
+    1: _level((1, 1, 0, 0), (0.70, 0.45, 0.35)),
+    2: _level((1, 2, 1, 1), (None, 0.60, 0.45)),
+    3: _level((2, 2, 1, 1), (None, 0.85, 0.60)),
+    4: _level((3, 3, 2, 2), (None, None, 0.80)),
+    5: _level((3, 3, 3, 3), (None, None, None)),
+}
+# Detections at or above this score are logged when a tolerance lets them through.
+LOG_LET_THROUGH_SCORE = 0.5
+
+
+# --- normalisation ---------------------------------------------------------------------------------
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063"
+                                    "\ufeff"))
+# Cyrillic and Greek letters that look like Latin ones (the cheap part of Unicode's confusables).
+_CONFUSABLES = str.maketrans("аеорсухіјѕԁɡһкмтвпԛԝαβεικνορτυχ", "aeopcyxijsdghkmtbnqwabeikvoptux")
+_LEET_SYMBOLS = re.compile(r"(?<=[^\W_])[@$!|+]+(?=[^\W_])|(?<![^\W_])[@$](?=[^\W_])")
+_SYMBOL_TABLE = str.maketrans("@$!|+", "asilt")
+_DIGITS_I = str.maketrans("013457", "oieast")
+_DIGITS_L = str.maketrans("013457", "oleast")
+_SEPARATORS = re.compile(r"([\W_]+)")
+_RUN3 = re.compile(r"(.)\1{2,}")
+_RUNS = re.compile(r"(.)\1+")
+BARRIER = " # "  # replaces removed phrases so the words either side do not join into a new phrase
+
+
+def normalise(text: str) -> str:
+    """NFKC, casefold, and for non-ASCII text: zero-width characters, accents and confusables removed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKD", text.translate(_ZERO_WIDTH))
+    return "".join(c for c in text if not unicodedata.combining(c)).translate(_CONFUSABLES)
+
+
+def word_views(text: str) -> list[str]:
+    """The normalised text as space-joined words with leetspeak folded: one view, two when a '1' may be i or l."""
+    text = _LEET_SYMBOLS.sub(lambda m: m.group().translate(_SYMBOL_TABLE), normalise(text))
+    words = _merge_single_letters(_SEPARATORS.split(text))
+    views = [" ".join(_fold_digits(w, _DIGITS_I) for w in words)]
+    if any("1" in w and not w.isdigit() for w in words):
+        views.append(" ".join(_fold_digits(w, _DIGITS_L) for w in words))
+    return views
+
+
+def _merge_single_letters(parts: list[str]) -> list[str]:
+    """Join one-character words spaced the same way: "n u d e", "n.u.d.e" become "nude"; "n u d e  t e e n" two words.
+
+    `parts` alternates words and the separators between them (re.split with a capturing group).
+    """
+    words: list[str] = []
+    run_separator: str | None = None  # the separator inside the run being merged
+    for index in range(0, len(parts), 2):
+        word, separator = parts[index], parts[index - 1] if index else ""
+        if len(word) == 1 and words and separator == run_separator:
+            words[-1] += word
+        elif len(word) == 1 and words and len(words[-1]) == 1 and run_separator is None:
+            words[-1] += word
+            run_separator = separator
+        else:
+            words.append(word)
+            run_separator = None
+    return [w for w in words if w]
+
+
+def _fold_digits(word: str, table: dict) -> str:
+    # Numbers stay numbers ("rule 34", ages); only words mixing letters and digits are leetspeak.
+    return word if word.isdigit() or word.isalpha() else word.translate(table)
+
+
+# --- prompt matching -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """One matched term: its category ("minors" included), severity (0 for minors) and normalised form."""
+
+    category: str
+    severity: int
+    term: str
+
+
+@dataclass
+class TermList:
+    """The compiled term list: single words by lookup, phrases and the allow-list by regex."""
+
+    words: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
+    squeezed: dict[str, str] = field(default_factory=dict)
+    phrases: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
+    phrase_re: re.Pattern = re.compile(r"(?!)")
+    allow_re: re.Pattern = re.compile(r"(?!)")
+    age_res: tuple[re.Pattern, ...] = ()
+
+    def add(self, term: str, category: str, severity: int) -> None:
+        """Add one term; it is normalised the way prompts are."""
+        key = word_views(term)[0]
+        target = self.phrases if " " in key else self.words
+        target.setdefault(key, set()).add((category, severity))
+        if " " not in key:
+            self.squeezed[_RUNS.sub(r"\1", key)] = key
+
+    def compile(self, allow: list[str], age_patterns: list[str]) -> None:
+        """Build the regexes once all terms are added."""
+        self.phrase_re = _alternation(self.phrases)
+        self.allow_re = _alternation(word_views(phrase)[0] for phrase in allow)
+        self.age_res = tuple(re.compile(pattern) for pattern in age_patterns)
+
+    def matches(self, prompt: str) -> list[Match]:
+        """Every term of the list the prompt contains, as whole words, allow-listed phrases removed first."""
+        found: set[Match] = set()
+        for view in word_views(prompt):
+            view = self.allow_re.sub(BARRIER, view)
+            for m in self.phrase_re.finditer(view):
+                found.update(Match(category, severity, m.group()) for category, severity in self.phrases[m.group()])
+            for word in self.phrase_re.sub(BARRIER, view).split():
+                key = self._word_key(word)
+                if key:
+                    found.update(Match(category, severity, key) for category, severity in self.words[key])
+        return sorted(found, key=lambda m: (-m.severity, m.category, m.term))
+
+    def mentions_minor_age(self, prompt: str) -> bool:
+        """An age under 18 written as a number ("12 year old", "aged 15", "16yo")."""
+        text = normalise(prompt)
+        return any(pattern.search(text) for pattern in self.age_res)
+
+    def _word_key(self, word: str) -> str | None:
+        if word in self.words:
+            return word
+        for suffix in ("es", "s"):  # plurals not listed
+            if len(word) > 3 and word.endswith(suffix) and word[: -len(suffix)] in self.words:
+                return word[: -len(suffix)]
+        if _RUN3.search(word):  # stretched words: "nuuuude"
+            return self.squeezed.get(_RUNS.sub(r"\1", word))
+        return None
+
+
+def _alternation(phrases) -> re.Pattern:
+    alternatives = sorted({p for p in phrases if p}, key=len, reverse=True)
+    if not alternatives:
+        return re.compile(r"(?!)")
+    return re.compile(r"(?<!\S)(?:" + "|".join(map(re.escape, alternatives)) + r")(?!\S)")
+
+
+@lru_cache(maxsize=4)
+def load_terms(path: Path = TERMS_PATH) -> TermList:
+    """Read and compile the term list (cached: one per file)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    terms = TermList()
+    for category, by_severity in data["categories"].items():
+        for severity, words in by_severity.items():
+            for word in words:
+                terms.add(word, category, int(severity))
+    for word in data["minors"]:
+        terms.add(word, "minors", 0)
+    terms.compile(data.get("allow", []), data.get("minor_age_patterns", []))
+    return terms
+
+
+# --- the moderator ---------------------------------------------------------------------------------
+
+
+class Moderator:
+    """Checks prompts, reference images and generated images against POLICY for a tolerance.
+
+    Args:
+        max_tolerance: the deployment's cap; a request above it is clamped down to it (not refused).
+        image_moderation: False turns the image checks off (prompts are always checked).
+        detector: the nudity detector; NudeNet 320n by default, loaded on first use.
+        terms: the compiled term list; data/safety_terms.json by default.
+    """
+
+    def __init__(self, max_tolerance: int = MAX_TOLERANCE, image_moderation: bool = True,
+                 detector: Detector | None = None, terms: TermList | None = None,
+                 policy: Mapping[int, Level] = POLICY):
+        if max_tolerance not in policy:
+            raise ValueError(f"max safety tolerance must be 0..{MAX_TOLERANCE}, got {max_tolerance!r}")
+        self.max_tolerance = max_tolerance
+        self.image_moderation = image_moderation
+        self.detector = detector if detector is not None else NudeNetDetector()
+        self.terms = terms if terms is not None else load_terms()
+        self.policy = policy
+
+    def effective_tolerance(self, requested: int) -> int:
+        """The tolerance actually applied: the request's, clamped to the deployment's cap."""
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested not in self.policy:
+            raise ValueError(f"safety tolerance must be an integer 0..{MAX_TOLERANCE}, got {requested!r}")
+        return min(requested, self.max_tolerance)
+
+    def check_prompt(self, prompt: str, tolerance: int) -> None:
+        """Raise RequestModerated when the prompt has a term above what the tolerance allows."""
+        tolerance = self.effective_tolerance(tolerance)
+        matches = self.terms.matches(prompt)
+        sexual = [m for m in matches if m.category == "sexual"]
+        if sexual:
+            self._check_minors(prompt, sexual[0], matches)
+        allowed = self.policy[tolerance].prompt
+        scored = [m for m in matches if m.category in allowed]
+        refused = [m for m in scored if m.severity > allowed[m.category]]
+        if refused:
+            worst = refused[0]  # matches come most severe first
+            log.info("prompt refused: category=%s severity=%d term=%r tolerance=%d",
+                     worst.category, worst.severity, worst.term, tolerance)
+            limit = allowed[worst.category]
+            allows = f"allows up to {limit}" if limit else f"allows no {worst.category} terms"
+            raise RequestModerated(f"the prompt matched category {worst.category} at severity {worst.severity}; "
+                                   f"tolerance {tolerance} {allows}")
+        for m in scored:
+            log.log(_let_through_level(tolerance), "prompt let through: category=%s severity=%d term=%r "
+                    "tolerance=%d", m.category, m.severity, m.term, tolerance)
+
+    def check_reference(self, image: Image.Image, tolerance: int, field: str) -> None:
+        """Raise RequestModerated (naming `field`, e.g. "images[1]") when a reference image is flagged."""
+        flagged = self._flagged(image, tolerance, f"reference {field}")
+        if flagged:
+            raise RequestModerated(f"{field} was flagged as {flagged}")
+
+    def check_output(self, image: Image.Image, tolerance: int) -> None:
+        """Raise ContentModerated when the generated image is flagged."""
+        flagged = self._flagged(image, tolerance, "output")
+        if flagged:
+            raise ContentModerated(f"the generated image was flagged as {flagged}")
+
+    def _check_minors(self, prompt: str, sexual: Match, matches: list[Match]) -> None:
+        minors = [m for m in matches if m.category == "minors"]
+        if minors or self.terms.mentions_minor_age(prompt):
+            term = minors[0].term if minors else "an age under 18"
+            log.warning("prompt refused: sexual term %r with minors term %r (every tolerance)", sexual.term, term)
+            raise RequestModerated("the prompt combines sexual content with a reference to minors; "
+                                   "this is refused at every tolerance")
+
+    def _flagged(self, image: Image.Image, tolerance: int, what: str) -> str | None:
+        """The reason the image is blocked at this tolerance ("nudity (score 0.81); ..."), or None."""
+        tolerance = self.effective_tolerance(tolerance)
+        if not self.image_moderation:
+            return None
+        thresholds = self.policy[tolerance].image
+        detections = [d for d in self.detector.detect(image) if d.group in thresholds]
+        blocked = [d for d in detections if _blocks(d, thresholds)]
+        if blocked:
+            worst = min(blocked, key=lambda d: (GROUP_ORDER.index(d.group), -d.score))
+            log.info("%s refused: %s %s score=%.2f tolerance=%d", what, worst.group, worst.label, worst.score,
+                     tolerance)
+            return (f"{worst.group} (score {worst.score:.2f}); tolerance {tolerance} blocks {worst.group} "
+                    f"at {thresholds[worst.group]:.2f} or more")
+        for d in detections:
+            if d.score >= LOG_LET_THROUGH_SCORE:
+                log.log(_let_through_level(tolerance), "%s let through: %s %s score=%.2f tolerance=%d", what,
+                        d.group, d.label, d.score, tolerance)
+        return None
+
+
+def _blocks(detection: Detection, thresholds: Mapping[str, float | None]) -> bool:
+    threshold = thresholds[detection.group]
+    return threshold is not None and detection.score >= threshold
+
+
+def _let_through_level(tolerance: int) -> int:
+    return logging.WARNING if tolerance == MAX_TOLERANCE else logging.INFO
+
+
+def moderator_from_env(environ: Mapping[str, str] | None = None) -> Moderator:
+    """A Moderator set up from the environment.
+
+    KLEIN_MAX_SAFETY_TOLERANCE: 0..5, default 5; requests above it are clamped to it.
+    KLEIN_IMAGE_MODERATION: image checks are on unless set to 0 / false / no / off.
+    """
+    environ = os.environ if environ is None else environ
+    raw_cap = environ.get("KLEIN_MAX_SAFETY_TOLERANCE", "").strip()
+    try:
+        cap = int(raw_cap) if raw_cap else MAX_TOLERANCE
+    except ValueError:
+        raise ValueError(f"KLEIN_MAX_SAFETY_TOLERANCE must be an integer 0..{MAX_TOLERANCE}, got {raw_cap!r}") from None
+    if cap not in POLICY:
+        raise ValueError(f"KLEIN_MAX_SAFETY_TOLERANCE must be an integer 0..{MAX_TOLERANCE}, got {raw_cap!r}")
+    images = environ.get("KLEIN_IMAGE_MODERATION", "1").strip().lower() not in ("0", "false", "no", "off")
+    if not images:
+        log.warning("image moderation is off (KLEIN_IMAGE_MODERATION=0): generated images are not checked")
+    return Moderator(max_tolerance=cap, image_moderation=images)
