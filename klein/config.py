@@ -117,7 +117,11 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="auto (default: flux2-klein-4b with a GPU, tiny without), tiny, a name from the model table "
         f"({', '.join(n for n in MODELS if n != TINY)}), a Hugging Face hub id, or a local folder. Env KLEIN_MODEL.",
     )
-    parser.add_argument("--host", default=environ.get("KLEIN_HOST", "127.0.0.1"), help="address to listen on")
+    parser.add_argument(
+        "--host",
+        default=environ.get("KLEIN_HOST") or environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+        help="address to listen on (default 127.0.0.1; env KLEIN_HOST or GRADIO_SERVER_NAME, set on Spaces)",
+    )
     parser.add_argument(
         "--port",
         type=int,

@@ -26,6 +26,7 @@ from .errors import GenerationCancelled, GenerationError, GenerationTimeout, Inv
 from .pipeline import LoadedModel, SpeedUps, cached_model, load_model
 from .prompt_cache import PromptCache
 from .request import GenerationRequest, Workflow
+from .safety import Moderator, moderator_from_env
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,12 @@ class _Job:
 class Engine:
     """Turns requests into images with one cached pipeline, one generation at a time."""
 
-    def __init__(self, model: LoadedModel, settings: Settings | None = None, model_reason: str = ""):
+    def __init__(self, model: LoadedModel, settings: Settings | None = None, model_reason: str = "",
+                 moderator: Moderator | None = None):
         self.model = model
         self.settings = settings or Settings()
         self.model_reason = model_reason
+        self.moderator = moderator if moderator is not None else moderator_from_env()
         self.output_dir = self.settings.output_dir or Path(tempfile.mkdtemp(prefix="klein-studio-"))
         self._lane = threading.Lock()
         _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
@@ -134,22 +137,33 @@ class Engine:
         """Generate one image for a validated request.
 
         1. check what depends on the model (prompt length);
-        2. choose the seed, size, steps and guidance;
-        3. run the pipeline (one at a time), stopping between steps if `cancel` is set or the
+        2. moderate the request: prompt and reference images ("Request moderated");
+        3. choose the seed, size, steps and guidance;
+        4. run the pipeline (one at a time), stopping between steps if `cancel` is set or the
            `deadline` (a time.monotonic() value) passes;
-        4. encode once, with the parameters embedded, and write the file.
+        5. moderate the generated image ("Content moderated") before anything is kept;
+        6. encode once, with the parameters embedded, and write the file.
         """
         started = time.perf_counter()
         # 1. Model-dependent checks
         self._check_prompt_length(request.prompt)
-        # 2. Parameters
+        # 2. Request moderation
+        t0 = time.perf_counter()
+        tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
+        self._moderate_request(request, tolerance)
+        safety_ms = _ms_since(t0)
+        # 3. Parameters
         job = self._job_for(request)
-        # 3. Pipeline
+        # 4. Pipeline
         with self._lane:
             stop = _StopCheck(cancel, deadline)
             stop()  # the time spent waiting for the lane counts against the deadline
             image, timings = self._run(job, _StepHook(progress, stop))
-        # 4. Encode
+        # 5. Content moderation
+        t0 = time.perf_counter()
+        self.moderator.check_output(image, tolerance)
+        timings["safety"] = round(safety_ms + _ms_since(t0), 2)
+        # 6. Encode
         t0 = time.perf_counter()
         meta = {
             "prompt": request.prompt,
@@ -164,6 +178,7 @@ class Engine:
             "aspect_ratio": request.aspect_ratio,
             "resolution": request.resolution,
             "custom_size": request.width is not None,
+            "safety_tolerance": tolerance,
         }
         data = encode_image(image, request.output_format, meta)
         path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")
@@ -183,6 +198,12 @@ class Engine:
             output_format=request.output_format,
             timings_ms=timings,
         )
+
+    def _moderate_request(self, request: GenerationRequest, tolerance: int) -> None:
+        self.moderator.check_prompt(request.prompt, tolerance)
+        for index, image in enumerate(request.images):
+            field = "image" if len(request.images) == 1 else f"images[{index}]"
+            self.moderator.check_reference(image, tolerance, field)
 
     def _check_prompt_length(self, prompt: str) -> None:
         tokens = self.count_prompt_tokens(prompt) - self._template_tokens

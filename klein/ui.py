@@ -8,7 +8,6 @@ Event functions turn engine errors into gr.Error; their docstrings are the API a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ from .encode import settings_from_image
 from .engine import Engine
 from .errors import InvalidRequest, KleinError
 from .images import load_reference
-from .request import DEFAULT_OUTPUT_FORMAT, OUTPUT_FORMATS, GenerationRequest
-from .sessions import Cancellations
+from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
+from .ui_state import (Cancellations, gallery_paths, seed_from, settings_to_restore, whole_number,
+                       with_history_entry)
 
 log = logging.getLogger(__name__)
 
 GPU_LANE = "gpu"  # every generating event shares it, so two tabs never run the model at once
-HISTORY_LIMIT = 48
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Enter in a prompt box generates, Shift+Enter adds a line (Gradio's own multi-line box does the reverse).
 ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
@@ -48,7 +47,29 @@ COMMON_ARGS_DOC = """\
             height: custom height in pixels, a multiple of 16 in 64..2048.
             steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
             guidance: guidance scale, used by base models only.
+            safety_tolerance: 0 (strictest) to 5 (most permissive), default 2; moderates the prompt, the
+                reference images and the result.
 """
+
+
+def named_slider(field: str, *args: Any, **kwargs: Any) -> gr.Slider:
+    """A Slider whose out-of-range error names its field (Gradio's own says only "Value 7 is greater...").
+
+    The instance's preprocess is wrapped rather than subclassing: Gradio writes a .pyi file next to
+    any module that defines a component subclass.
+    """
+    slider = gr.Slider(*args, **kwargs)
+    check_range = slider.preprocess
+
+    def preprocess(payload: float) -> float:
+        try:
+            return check_range(payload)
+        except gr.Error:
+            raise gr.Error(f"{field}: {payload!r} is out of range {slider.minimum:g}..{slider.maximum:g}",
+                           print_exception=False) from None
+
+    slider.preprocess = preprocess
+    return slider
 
 
 @contextmanager
@@ -63,20 +84,6 @@ def user_errors():
     except Exception:
         log.exception("unexpected error in a UI event")
         raise gr.Error("Something went wrong on the server; the log has the details.", print_exception=False) from None
-
-
-def seed_from(seed: float | int | None, randomize_seed: bool) -> int | None:
-    """None (random) when randomize_seed is on, else the seed as an int (validated by the request)."""
-    if randomize_seed:
-        return None
-    if seed is None or (isinstance(seed, float) and not seed.is_integer()):
-        raise InvalidRequest("seed", f"must be a whole number in 0..{presets.SEED_MAX}, got {seed!r}")
-    return int(seed)
-
-
-def gallery_paths(images: Sequence[Any] | None) -> list[Any]:
-    """Gallery values arrive as (path, caption) pairs; keep the paths."""
-    return [item[0] if isinstance(item, (tuple, list)) else item for item in images or []]
 
 
 @dataclass
@@ -96,6 +103,7 @@ class TabControls:
     height: Any
     steps: Any
     guidance: Any
+    safety_tolerance: Any
     generate: Any
     cancel: Any
     result: Any
@@ -108,7 +116,8 @@ class TabControls:
     def inputs(self) -> list:
         """The endpoint's inputs, in the order of its API parameters."""
         settings = [self.prompt, self.aspect_ratio, self.resolution, self.seed, self.randomize_seed,
-                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance]
+                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance,
+                    self.safety_tolerance]
         return ([self.reference] if self.reference is not None else []) + settings
 
     def restorable(self) -> list:
@@ -117,23 +126,8 @@ class TabControls:
 
 def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
     """Fill a tab's controls from recorded settings (history entry or image metadata)."""
-    updates = {tab.prompt: settings.get("prompt", ""), tab.randomize_seed: False}
-    if "seed" in settings:
-        updates[tab.seed] = settings["seed"]
-    choices = presets.ASPECT_PRESETS if tab.reference is None else [presets.MATCH_INPUT, *presets.ASPECT_PRESETS]
-    if settings.get("aspect_ratio") in choices:
-        updates[tab.aspect_ratio] = settings["aspect_ratio"]
-    if settings.get("resolution") in presets.RESOLUTIONS:
-        updates[tab.resolution] = settings["resolution"]
-    if settings.get("output_format") in OUTPUT_FORMATS:
-        updates[tab.output_format] = settings["output_format"]
-    custom = settings.get("custom_size", "aspect_ratio" not in settings)
-    if custom and "width" in settings and "height" in settings:
-        updates.update({tab.custom_size: True, tab.width: settings["width"], tab.height: settings["height"]})
-    for key, component in (("steps", tab.steps), ("guidance", tab.guidance)):
-        if key in settings:
-            updates[component] = settings[key]
-    return updates
+    values = settings_to_restore(settings, with_match_input=tab.reference is not None)
+    return {getattr(tab, name): value for name, value in values.items()}
 
 
 def build_demo(engine: Engine) -> gr.Blocks:
@@ -141,9 +135,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
     spec = engine.model.spec
     limits = engine.limits
     cancellations = Cancellations()
+    max_tolerance = engine.moderator.max_tolerance
 
     def run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-            custom_size, width, height, steps, guidance, progress, request) -> tuple[str, int, str]:
+            custom_size, width, height, steps, guidance, safety_tolerance, progress, request) -> tuple[str, int, str]:
         generation = GenerationRequest(
             prompt=prompt,
             images=tuple(references),
@@ -155,6 +150,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             steps=int(steps) if steps is not None else None,
             guidance=float(guidance) if guidance is not None and not spec.distilled else None,
             output_format=output_format,
+            safety_tolerance=whole_number(safety_tolerance),
             limits=limits,
         )
         session = getattr(request, "session_hash", None) or "anonymous"
@@ -171,6 +167,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
                       randomize_seed: bool = True, output_format: str = DEFAULT_OUTPUT_FORMAT,
                       custom_size: bool = False, width: float = 1024, height: float = 1024,
                       steps: float = spec.steps, guidance: float = spec.guidance,
+                      safety_tolerance: float = DEFAULT_SAFETY_TOLERANCE,
                       progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Generate an image from a text prompt with FLUX.2 [klein].
 
@@ -183,12 +180,13 @@ def build_demo(engine: Engine) -> gr.Blocks:
         """
         with user_errors():
             return run((), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress, request)
+                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
 
     def edit_image(image: str | None, prompt: str, aspect_ratio: str = "match_input", resolution: str = "1k",
                    seed: float = 0, randomize_seed: bool = True, output_format: str = DEFAULT_OUTPUT_FORMAT,
                    custom_size: bool = False, width: float = 1024, height: float = 1024,
                    steps: float = spec.steps, guidance: float = spec.guidance,
+                   safety_tolerance: float = DEFAULT_SAFETY_TOLERANCE,
                    progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Edit an image with a text instruction with FLUX.2 [klein].
 
@@ -205,13 +203,14 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 raise InvalidRequest("image", "is missing; upload the image to edit")
             reference = load_reference(image, "image", limits)
             return run((reference,), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress, request)
+                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
 
     def multi_reference_image(images: list | None, prompt: str, aspect_ratio: str = "match_input",
                               resolution: str = "1k", seed: float = 0, randomize_seed: bool = True,
                               output_format: str = DEFAULT_OUTPUT_FORMAT, custom_size: bool = False,
                               width: float = 1024, height: float = 1024, steps: float = spec.steps,
                               guidance: float = spec.guidance,
+                              safety_tolerance: float = DEFAULT_SAFETY_TOLERANCE,
                               progress=gr.Progress(), request: gr.Request = None) -> tuple[str, int, str]:
         """Generate an image from 2 to 4 reference images and a prompt with FLUX.2 [klein].
 
@@ -230,7 +229,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                                f"given, multi-reference needs 2 to {limits.max_references}")
             references = tuple(load_reference(p, f"images[{i}]", limits) for i, p in enumerate(paths))
             return run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, progress, request)
+                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
 
     for fn in (text_to_image, edit_image, multi_reference_image):
         fn.__doc__ = fn.__doc__.replace("{common}\n", COMMON_ARGS_DOC)
@@ -241,7 +240,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
         history = gr.State([])
         with gr.Tabs(elem_id="workflow-tabs") as tabs:
             with gr.Tab("Text to image", id="text_to_image"):
-                t2i = _workflow_tab("text_to_image", None, spec)
+                t2i = _workflow_tab("text_to_image", None, spec, max_tolerance)
                 gr.Examples([["a lighthouse on a cliff at dusk, volumetric light"],
                              ["a bowl of ramen, studio photo, top-down"],
                              ["an isometric cozy reading nook, soft morning light"]], [t2i.prompt],
@@ -249,7 +248,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             with gr.Tab("Edit", id="edit"):
                 image_input = gr.Image(label="Image to edit", type="filepath", image_mode=None,
                                        sources=["upload", "clipboard"], height=300, elem_id="edit-image")
-                edit = _workflow_tab("edit", image_input, spec)
+                edit = _workflow_tab("edit", image_input, spec, max_tolerance)
                 gr.Examples([[str(ASSETS / "armchair.png"), "make the armchair green velvet"],
                              [str(ASSETS / "mountains.jpg"), "make it a snowy winter night"],
                              [str(ASSETS / "robot.png"), "give the robot a red scarf"]],
@@ -258,7 +257,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 gallery = gr.Gallery(label=f"Reference images (2 to {limits.max_references})", type="filepath",
                                      interactive=True, columns=4, height=220, file_types=["image"],
                                      elem_id="multi_reference-images")
-                multi = _workflow_tab("multi_reference", gallery, spec)
+                multi = _workflow_tab("multi_reference", gallery, spec, max_tolerance)
                 gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
                               "the robot from image 1 standing in the landscape of image 2"],
                              [[str(ASSETS / "armchair.png"), str(ASSETS / "mug.png"), str(ASSETS / "mountains.jpg")],
@@ -302,7 +301,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
     return demo
 
 
-def _workflow_tab(workflow: str, reference, spec) -> TabControls:
+def _workflow_tab(workflow: str, reference, spec, max_tolerance: int) -> TabControls:
     """Prompt, controls, Advanced accordion and result for one workflow."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
@@ -320,14 +319,21 @@ def _workflow_tab(workflow: str, reference, spec) -> TabControls:
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, elem_id=f"{workflow}-seed")
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=True, elem_id=f"{workflow}-randomize")
+            safety_tolerance = named_slider("safety_tolerance", 0, max_tolerance, step=1,
+                                            value=min(DEFAULT_SAFETY_TOLERANCE, max_tolerance),
+                                            label="Safety tolerance (0 strictest, 5 most permissive)",
+                                            elem_id=f"{workflow}-safety")
             with gr.Accordion("Advanced", open=False):
                 custom_size = gr.Checkbox(label="Custom size (overrides the preset)", value=False)
                 with gr.Row():
-                    width = gr.Slider(presets.MIN_SIDE, presets.MAX_SIDE, value=1024, step=16, label="Width")
-                    height = gr.Slider(presets.MIN_SIDE, presets.MAX_SIDE, value=1024, step=16, label="Height")
-                steps = gr.Slider(1, 100 if not spec.distilled else 16, value=spec.steps, step=1, label="Steps")
-                guidance = gr.Slider(0, 20, value=spec.guidance, step=0.1, label="Guidance",
-                                     visible=not spec.distilled)
+                    width = named_slider("width", presets.MIN_SIDE, presets.MAX_SIDE, value=1024, step=16,
+                                         label="Width")
+                    height = named_slider("height", presets.MIN_SIDE, presets.MAX_SIDE, value=1024, step=16,
+                                          label="Height")
+                steps = named_slider("steps", 1, 100 if not spec.distilled else 16, value=spec.steps, step=1,
+                                     label="Steps")
+                guidance = named_slider("guidance", 0, 20, value=spec.guidance, step=0.1, label="Guidance",
+                                        visible=not spec.distilled)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{workflow}-generate", scale=3)
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{workflow}-cancel", scale=1)
@@ -343,7 +349,7 @@ def _workflow_tab(workflow: str, reference, spec) -> TabControls:
                 to_multi = gr.Button("Add to multi-reference", size="sm", elem_id=f"{workflow}-to-multi")
             info = gr.Markdown(label="Generation info", elem_id=f"{workflow}-info")
     return TabControls(workflow, reference, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, generate, cancel, result, seed_used,
+                       custom_size, width, height, steps, guidance, safety_tolerance, generate, cancel, result, seed_used,
                        reuse_seed, to_edit, to_multi, info)
 
 
@@ -353,13 +359,7 @@ def _wire_tab(tab: TabControls, fn, history, history_gallery, cancellations: Can
                                concurrency_id=GPU_LANE)
 
     def add_to_history(path: str | None, entries: list[dict]) -> tuple[list[dict], list]:
-        settings = settings_from_image(path) if path else None
-        if settings is None:
-            return entries, [(e["path"], e["caption"]) for e in entries]
-        output_format = {".jpg": "jpeg", ".png": "png", ".webp": "webp"}.get(Path(path).suffix)
-        entry = {**settings, "path": path, "output_format": output_format,
-                 "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
-        entries = [entry, *entries][:HISTORY_LIMIT]
+        entries = with_history_entry(entries, path)
         return entries, [(e["path"], e["caption"]) for e in entries]
 
     def cancel_generation(request: gr.Request) -> None:

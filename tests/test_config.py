@@ -33,3 +33,9 @@ def test_flags_and_environment():
                                 "--device", "cuda", "--dtype", "bf16", "--concurrency-limit", "2"], environ=env)
     assert (flags.model, flags.port, flags.share, flags.host) == ("flux2-klein-9b", 8000, True, "0.0.0.0")
     assert (flags.device, flags.dtype, flags.concurrency_limit) == ("cuda", "bf16", 2)
+
+
+def test_host_follows_gradio_server_name_as_on_spaces():
+    assert Settings.from_args([], environ={"GRADIO_SERVER_NAME": "0.0.0.0"}).host == "0.0.0.0"
+    assert Settings.from_args([], environ={"GRADIO_SERVER_NAME": "0.0.0.0", "KLEIN_HOST": "::1"}).host == "::1"
+    assert Settings.from_args(["--mcp"], environ={}).mcp and Settings.from_args([], {"GRADIO_MCP_SERVER": "1"}).mcp

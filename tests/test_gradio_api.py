@@ -32,7 +32,7 @@ def gallery(paths):
 
 def test_api_lists_the_three_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/text_to_image", "/edit", "/multi_reference"} <= set(endpoints)
+    assert set(endpoints) == {"/text_to_image", "/edit", "/multi_reference"}  # helper events are hidden
     names = [p["parameter_name"] for p in endpoints["/text_to_image"]["parameters"]]
     assert names[:6] == ["prompt", "aspect_ratio", "resolution", "seed", "randomize_seed", "output_format"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]][:2] == ["image", "prompt"]
@@ -107,3 +107,12 @@ def test_server_keeps_serving_after_errors(client):
         client.predict(prompt="", api_name="/text_to_image")
     path, _, _ = client.predict(prompt="still alive", api_name="/text_to_image", **SMALL)
     assert Image.open(path).size == (256, 192)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(custom_size=True, width=4096, height=512), "width: 4096 is out of range 64..2048"),
+    (dict(steps=0), "steps: 0 is out of range 1.."),
+])
+def test_slider_range_errors_name_the_field(client, kwargs, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(prompt="x", api_name="/text_to_image", **kwargs)
