@@ -1,0 +1,229 @@
+"""The app as users meet it, with the tiny model: overhead of each path over a direct engine call,
+cold start, prompt cache, 16 concurrent users, memory.
+
+    python -m bench.app [--load-seconds 30] [--users 16]
+
+Every table is from one run; latencies are medians unless marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "bench-key"
+PROMPT = "a lighthouse on a cliff at dusk"
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class App:
+    """`python app.py --model tiny` in a child process."""
+
+    def __init__(self, cache_dir: str, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {**os.environ, "KLEIN_CACHE_DIR": cache_dir, "KLEIN_API_KEYS": API_KEY}
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(self.port), *extra],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "gradio_api/info", timeout=2).status_code == 200:
+                    return (time.perf_counter() - self.started) * 1000
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise TimeoutError("app did not start")
+
+    def has_rest(self) -> bool:
+        import httpx
+
+        return httpx.get(self.url + "openapi.json", timeout=5).status_code == 200 and \
+            "/v1/generate" in httpx.get(self.url + "openapi.json", timeout=5).text
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def table(header: list[str], rows: list[list]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(f"{c:.1f}" if isinstance(c, float) else str(c) for c in row) + " |")
+    print()
+
+
+def gradio_http_call(http) -> None:
+    """One text_to_image call over Gradio's plain HTTP API: submit, read the SSE result, fetch the file.
+
+    gradio_client polls its message queue every 50 ms (gradio_client/utils.py), so this path shows
+    what the server itself adds.
+    """
+    import json
+
+    body = {"data": [PROMPT, "square_1_1", "1k", 1, False, "jpeg", False, 1024, 1024, 4, 1.0]}
+    event_id = http.post("gradio_api/call/text_to_image", json=body).json()["event_id"]
+    with http.stream("GET", f"gradio_api/call/text_to_image/{event_id}") as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                if event == "error":
+                    raise RuntimeError(line)
+                http.get(json.loads(line[5:])[0]["url"]).raise_for_status()
+                return
+    raise RuntimeError("no result")
+
+
+def bench_overhead(app: App, cache_dir: str, runs: int) -> None:
+    import httpx
+    from gradio_client import Client
+
+    from klein.config import Settings
+    from klein.engine import Engine
+    from klein.request import GenerationRequest
+
+    engine = Engine.from_settings(Settings(model="tiny", cache_dir=Path(cache_dir)))
+    client = Client(app.url, verbose=False)
+    rest = app.has_rest()
+    paths = {
+        "direct engine call": lambda: engine.generate(GenerationRequest(prompt=PROMPT, seed=1)),
+        "gradio_client": lambda: client.predict(prompt=PROMPT, seed=1, randomize_seed=False,
+                                                api_name="/text_to_image"),
+    }
+    http = httpx.Client(base_url=app.url, timeout=60)
+    paths["Gradio HTTP API (/gradio_api/call + download)"] = lambda: gradio_http_call(http)
+    if rest:
+        paths["REST POST /v1/generate"] = lambda: httpx.post(
+            app.url + "v1/generate", json={"prompt": PROMPT, "seed": 1, "aspect_ratio": "square"},
+            headers={"Authorization": f"Bearer {API_KEY}", "Accept": "image/jpeg"}, timeout=60).raise_for_status()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for name, call in paths.items():
+        call()  # warm-up: the prompt cache and connections are warm for every path
+    for _ in range(runs):  # interleaved, so drift hits every path alike
+        for name, call in paths.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    base = statistics.median(times["direct engine call"])
+    print(f"### Overhead over a direct engine call (1024x1024 jpeg, {runs} interleaved runs)\n")
+    table(["path", "median ms", "extra ms"],
+          [[name, statistics.median(t), statistics.median(t) - base] for name, t in times.items()])
+    if not rest:
+        print("(REST is not served by this build: no /v1/generate in the OpenAPI schema.)\n")
+
+
+def bench_cold_start(cache_dir: str, runs: int) -> None:
+    from gradio_client import Client
+
+    rows = []
+    for _ in range(runs):
+        app = App(cache_dir)
+        try:
+            ready = app.wait_ready()
+            Client(app.url, verbose=False).predict(prompt=PROMPT, api_name="/text_to_image")
+            first = (time.perf_counter() - app.started) * 1000
+            rows.append([ready, first, rss_mib(app.process.pid)])
+        finally:
+            app.stop()
+    print(f"### Cold start (process start to ready server / to first 1024x1024 image; median of {runs})\n")
+    table(["to ready server ms", "to first image ms", "RSS after first image MiB"],
+          [[statistics.median(r[i] for r in rows) for i in range(3)]])
+
+
+def bench_load(cache_dir: str, users: int, seconds: float, queue_size: int) -> None:
+    from gradio_client import Client
+
+    app = App(cache_dir, "--queue-size", str(queue_size))
+    app.wait_ready()
+    idle = rss_mib(app.process.pid)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def user() -> None:
+        client = Client(app.url, verbose=False)
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                client.predict(prompt=PROMPT, api_name="/text_to_image")
+                with lock:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+            except Exception as exc:  # counted, by kind: a full queue is expected past its size
+                with lock:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=user) for _ in range(users)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    peak = idle
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, rss_mib(app.process.pid))
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    hwm = rss_mib(app.process.pid, "VmHWM")
+    app.stop()
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else [float("nan")] * 19
+    print(f"### {users} concurrent gradio_client users for {seconds:.0f} s, queue size {queue_size}\n")
+    table(["images", "images/s", "p50 ms", "p95 ms", "errors", "idle RSS MiB", "peak RSS MiB"],
+          [[len(latencies), len(latencies) / wall, statistics.median(latencies) if latencies else float("nan"),
+            q[18], ", ".join(f"{k}: {v}" for k, v in errors.items()) or "none", idle, max(peak, hwm)]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--load-seconds", type=float, default=30)
+    args = parser.parse_args()
+    cache_dir = tempfile.mkdtemp(prefix="klein-bench-cache-")
+    print(f"tiny model, {os.cpu_count()} CPU cores\n")
+    app = App(cache_dir)
+    try:
+        app.wait_ready()
+        bench_overhead(app, cache_dir, args.runs)
+    finally:
+        app.stop()
+    bench_cold_start(cache_dir, runs=3)
+    bench_load(cache_dir, args.users, args.load_seconds, queue_size=32)
+    bench_load(cache_dir, args.users, args.load_seconds / 2, queue_size=4)
+
+
+if __name__ == "__main__":
+    main()
