@@ -29,7 +29,7 @@ QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num
                 num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                 rope_theta=1000000, tie_word_embeddings=True)
 EXPECTED_TRANSFORMER_PARAMS = 3.88e9
-STAGES = ("text_encode", "denoise", "vae_decode", "encode", "total")
+STAGES = ("text_encode", "denoise", "vae_decode", "safety", "encode", "total")
 
 
 def count_on_meta() -> int:

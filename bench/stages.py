@@ -1,4 +1,5 @@
-"""Stage times of one generation with the tiny model, by size and output format (medians, ms).
+"""Stage times of one generation with the tiny model, by size and output format, and the prompt
+cache's hit and miss (medians, ms).
 
     python -m bench.stages [--runs 5] [--sizes 512,1024,2048]
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STAGES = ("text_encode", "denoise", "vae_decode", "encode", "total")
+STAGES = ("text_encode", "denoise", "vae_decode", "safety", "encode", "total")
 
 
 def main() -> None:
@@ -44,6 +45,24 @@ def main() -> None:
             runs = [engine.generate(request).timings_ms for _ in range(args.runs)]
             medians = [statistics.median(r[stage] for r in runs) for stage in STAGES]
             print(f"| {side}x{side} | {fmt} | " + " | ".join(f"{m:.1f}" for m in medians) + " |")
+    print_prompt_cache(engine, args.runs)
+
+
+def print_prompt_cache(engine, runs: int) -> None:
+    """Text encoding of a repeated prompt (cache hit) against a new one (miss), 512x512."""
+    from klein.engine import _prompt_caches
+    from klein.request import GenerationRequest
+
+    cache = _prompt_caches[engine.model.key]
+    request = GenerationRequest(prompt="a red fox in fresh snow, golden hour", seed=2, width=512, height=512)
+    times: dict[str, list[float]] = {"miss": [], "hit": []}
+    for _ in range(runs):
+        cache.clear()
+        times["miss"].append(engine.generate(request).timings_ms["text_encode"])
+        times["hit"].append(engine.generate(request).timings_ms["text_encode"])
+    print("\n| prompt cache | text_encode ms (median) |\n|---|---:|")
+    for kind, values in times.items():
+        print(f"| {kind} | {statistics.median(values):.3f} |")
 
 
 if __name__ == "__main__":

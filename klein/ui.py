@@ -256,6 +256,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             with gr.Tab("Multi-reference", id="multi_reference"):
                 gallery = gr.Gallery(label=f"Reference images (2 to {limits.max_references})", type="filepath",
                                      interactive=True, columns=4, height=220, file_types=["image"],
+                                     fit_columns=False, object_fit="contain",
                                      elem_id="multi_reference-images")
                 multi = _workflow_tab("multi_reference", gallery, spec, max_tolerance)
                 gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
@@ -264,8 +265,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
                               "the armchair and the mug on a terrace facing the mountains"]],
                             [gallery, multi.prompt], label="Examples")
         with gr.Accordion("History (this browser session; click one to restore its settings)", open=True):
-            history_gallery = gr.Gallery(show_label=False, columns=6, height=200, allow_preview=False,
-                                         interactive=False, elem_id="history")
+            history_gallery = gr.Gallery(show_label=False, columns=8, height=180, allow_preview=False,
+                                         fit_columns=False, object_fit="cover", interactive=False,
+                                         elem_id="history")
         with gr.Accordion("Load settings from image", open=False):
             settings_image = gr.Image(label="Drop an image made by Klein Studio (or with A1111-style parameters)",
                                       type="filepath", image_mode=None, sources=["upload"], height=200,

@@ -5,8 +5,10 @@ chromium comes from apt (installed by .ci/run); no browser is ever downloaded.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from klein import presets
 from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Screenshots go to a temporary folder; KLEIN_SCREENSHOTS=docs/screenshots refreshes the README's.
+SCREENSHOTS = Path(os.environ.get("KLEIN_SCREENSHOTS") or tempfile.mkdtemp(prefix="klein-screenshots-"))
 ASSETS = ROOT / "assets"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
