@@ -2,7 +2,10 @@
 
     python app.py                 # auto: flux2-klein-4b on a GPU, the tiny model otherwise
     python app.py --model tiny    # the tiny random-weight model (no download)
-    python app.py --share         # also create a Gradio share link
+    python app.py --share         # also create a Gradio share link (UI and REST API both)
+
+The REST API (docs/rest.md) is served by Gradio's own FastAPI app, on the same port as the UI:
+its routes go in through launch(app_kwargs=...), so a share link carries them too.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 
 from klein.config import Settings
 from klein.errors import ModelLoadError
+from klein.rest_config import RestSettings
 
 log = logging.getLogger("klein")
 
@@ -27,17 +31,30 @@ def create_app(settings: Settings):
     return engine, demo
 
 
+def create_rest(engine, rest_settings: RestSettings):
+    """The REST API over the same engine (one GPU lane shared with the UI)."""
+    from klein.rest import RestApi
+
+    rest = RestApi(engine, rest_settings)
+    if not rest.keys:
+        log.warning("REST API: no API keys configured, so /v1/* answers 401; set KLEIN_API_KEYS to use it")
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_args(argv)
     try:
+        rest_settings = RestSettings.from_env(settings.cache_dir)
         engine, demo = create_app(settings)
-    except ModelLoadError as exc:
+    except (ModelLoadError, ValueError) as exc:
         log.error("Klein Studio could not start: %s", exc)
         return 2
     from klein.ui import launch
 
-    launch(demo, engine, settings)
+    rest = create_rest(engine, rest_settings)
+    log.info("REST API docs at http://%s:%s/docs", settings.host, settings.port)
+    launch(demo, engine, settings, app_kwargs=rest.app_kwargs())
     return 0
 
 

@@ -1,0 +1,151 @@
+"""Safe outbound HTTP for image URLs and webhooks: public addresses only, pinned, bounded.
+
+A URL is refused unless it is http(s) and every address its host resolves to is public (not
+private, loopback, link-local, multicast, reserved...), unless the policy allows private ones
+(tests). The connection goes to the address that was checked (the Host header and TLS SNI keep
+the name), so a DNS answer that changes between check and connect cannot reach a private host.
+Redirects are followed by hand and each hop is checked again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from .config import Limits
+from .errors import InvalidRequest
+from .images import load_reference
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Where outbound requests may go and how long they may take."""
+
+    allow_private: bool = False
+    timeout: float = 10.0
+    max_redirects: int = 5
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: where to connect, and the name the server knows itself by."""
+
+    url: httpx.URL
+    pinned: httpx.URL
+    host_header: str
+
+    def request_args(self) -> dict[str, Any]:
+        extensions = {"sni_hostname": self.url.host} if self.url.scheme == "https" else {}
+        return {"url": self.pinned, "headers": {"Host": self.host_header}, "extensions": extensions}
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
+
+
+def check_url(url: str, field: str, policy: UrlPolicy) -> Target:
+    """Parse, resolve and check `url`; raises InvalidRequest naming `field` when it may not be used."""
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise InvalidRequest(field, f"{shown!r} is not a valid URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequest(field, f"{shown!r} must be an http:// or https:// URL")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InvalidRequest(field, f"{shown!r}: the host {parsed.host!r} could not be resolved") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not policy.allow_private:
+        refused = [a for a in addresses if not is_public(a)]
+        if refused:
+            raise InvalidRequest(
+                field, f"{shown!r} resolves to a private, loopback or reserved address ({refused[0]}); refused"
+            )
+    netloc = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+    return Target(parsed, parsed.copy_with(host=addresses[0].split("%")[0]), netloc)
+
+
+def fetch_bytes(url: str, field: str, policy: UrlPolicy, max_bytes: int) -> bytes:
+    """GET `url` safely: checked hops, at most `max_bytes`, within `policy.timeout` seconds in all."""
+    deadline = time.monotonic() + policy.timeout
+    with httpx.Client(timeout=policy.timeout, follow_redirects=False, trust_env=False) as client:
+        for _ in range(policy.max_redirects + 1):
+            target = check_url(url, field, policy)
+            try:
+                with client.stream("GET", **target.request_args()) as response:
+                    if response.status_code in REDIRECTS and "location" in response.headers:
+                        url = str(target.url.join(response.headers["location"]))
+                        continue
+                    if response.status_code != 200:
+                        raise InvalidRequest(field, f"fetching {_short(url)!r} answered HTTP {response.status_code}")
+                    return _read_limited(response, field, max_bytes, deadline)
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(field, f"could not fetch {_short(url)!r} ({type(exc).__name__})") from None
+    raise InvalidRequest(field, f"too many redirects (more than {policy.max_redirects})")
+
+
+def _read_limited(response: httpx.Response, field: str, max_bytes: int, deadline: float) -> bytes:
+    too_big = f"image is over the limit of {max_bytes:,} bytes"
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise InvalidRequest(field, too_big)
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidRequest(field, too_big)
+        if time.monotonic() > deadline:
+            raise InvalidRequest(field, "fetching the image took too long")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def load_text_reference(
+    value: str, field: str, limits: Limits, policy: UrlPolicy, allow_remote: bool = True
+) -> Image.Image:
+    """A reference image given as text (see reference_bytes), decoded and checked."""
+    return load_reference(reference_bytes(value, field, limits, policy, allow_remote), field, limits)
+
+
+def reference_bytes(value: str, field: str, limits: Limits, policy: UrlPolicy, allow_remote: bool = True) -> bytes:
+    """The bytes of a reference image given as an http(s) URL, a base64 data URI, or bare base64.
+
+    Never a file path: text from a client must not read files on this machine.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(field, "is empty; give a URL, a data URI or base64 image data")
+    value = value.strip()
+    if value.lower().startswith(("http://", "https://")):
+        if not allow_remote:
+            raise InvalidRequest(field, "remote image URLs are turned off on this server; send the image data")
+        return fetch_bytes(value, field, policy, limits.max_image_bytes)
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if ";base64" not in header:
+            raise InvalidRequest(field, f"data URI must be base64-encoded, got {header[:40]!r}")
+    if len(value) * 3 // 4 > limits.max_image_bytes:
+        raise InvalidRequest(field, f"image is over the limit of {limits.max_image_bytes:,} bytes")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(field, "not a URL, a data URI or valid base64 image data") from None
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 120 else url[:120] + "..."

@@ -1,0 +1,164 @@
+"""Signed webhook deliveries, in their own thread so a slow receiver never holds up generation.
+
+Each delivery is a POST of the task's JSON with
+    X-Klein-Timestamp: <unix seconds>
+    X-Klein-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
+A failure (connection error, timeout, non-2xx) is retried after backoff, 2 x backoff, 4 x backoff...
+up to `attempts` tries. Deliveries for one task keep their order: a later status waits for the
+earlier one to be delivered or given up. Pending deliveries live in memory only.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from .errors import InvalidRequest
+from .remote import UrlPolicy, check_url
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-Klein-Signature"
+TIMESTAMP_HEADER = "X-Klein-Timestamp"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp`."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does: recompute the signature and compare in constant time."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+@dataclass
+class Delivery:
+    url: str
+    body: bytes
+    key: str
+    attempt: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+class WebhookSender:
+    """A queue of deliveries and the one thread that sends them."""
+
+    def __init__(self, secret: str | None, policy: UrlPolicy, attempts: int = 5, backoff: float = 1.0):
+        self._secret = secret
+        self.policy, self.attempts, self.backoff = policy, max(1, attempts), backoff
+        self._queues: dict[str, collections.deque[Delivery]] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._counter = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._secret)
+
+    def check(self, url: str) -> None:
+        """Refuse (InvalidRequest on webhook_url) a URL we would not deliver to."""
+        if not self.enabled:
+            raise InvalidRequest(
+                "webhook_url", "webhooks are off on this server; set KLEIN_WEBHOOK_SECRET to sign them"
+            )
+        check_url(url, "webhook_url", self.policy)
+
+    def send(self, url: str, payload: dict, key: str) -> None:
+        """Queue `payload` for `url`; `key` (the task id) orders deliveries of one task."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        with self._cond:
+            queue = self._queues.setdefault(key, collections.deque())
+            queue.append(Delivery(url, body, key))
+            if len(queue) == 1:
+                self._schedule(key, time.monotonic())
+            self._cond.notify()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="klein-webhooks", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def _schedule(self, key: str, when: float) -> None:
+        self._counter += 1
+        heapq.heappush(self._due, (when, self._counter, key))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                delivery = self._next_due()
+                if delivery is None:
+                    return
+            ok = self._attempt(delivery)
+            with self._cond:
+                self._finish(delivery, ok)
+
+    def _next_due(self) -> Delivery | None:
+        while not self._stopping:
+            if self._due and self._due[0][0] <= time.monotonic():
+                _, _, key = heapq.heappop(self._due)
+                return self._queues[key][0]
+            self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+        return None
+
+    def _finish(self, delivery: Delivery, ok: bool) -> None:
+        queue = self._queues[delivery.key]
+        if not ok and delivery.attempt < self.attempts:
+            self._schedule(delivery.key, time.monotonic() + self.backoff * 2 ** (delivery.attempt - 1))
+            return
+        if not ok:
+            log.warning("webhook for task %s given up after %d attempts: %s", delivery.key, delivery.attempt,
+                        "; ".join(delivery.history))
+        queue.popleft()
+        if queue:
+            self._schedule(delivery.key, time.monotonic())
+        else:
+            del self._queues[delivery.key]
+
+    def _attempt(self, delivery: Delivery) -> bool:
+        delivery.attempt += 1
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self._secret or "", timestamp, delivery.body),
+            "User-Agent": "klein-studio-webhooks",
+        }
+        try:
+            target = check_url(delivery.url, "webhook_url", self.policy)
+            args = target.request_args()
+            with httpx.Client(timeout=self.policy.timeout, follow_redirects=False, trust_env=False) as client:
+                response = client.post(args["url"], content=delivery.body, headers={**headers, **args["headers"]},
+                                       extensions=args["extensions"])
+            if 200 <= response.status_code < 300:
+                return True
+            delivery.history.append(f"HTTP {response.status_code}")
+        except InvalidRequest as exc:
+            delivery.history.append(str(exc))
+            delivery.attempt = self.attempts  # the address is refused: retrying will not help
+        except httpx.HTTPError as exc:
+            delivery.history.append(type(exc).__name__)
+        return False
