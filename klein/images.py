@@ -65,14 +65,9 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
 def _read_bytes(source: str | Path | bytes, field: str, limits: Limits) -> bytes:
     if isinstance(source, bytes):
         return source
-    if isinstance(source, str) and source.startswith("data:"):
-        header, _, payload = source.partition(",")
-        if ";base64" not in header:
-            raise InvalidRequest(field, f"data URI must be base64-encoded, got {header[:40]!r}")
-        return _b64decode(payload, field, limits)
     path = Path(source)
-    if isinstance(source, str) and not path.is_file() and len(source) > 256:
-        return _b64decode(source, field, limits)
+    if isinstance(source, str) and (source.startswith("data:") or (len(source) > 256 and not path.is_file())):
+        return decode_base64(source, field, limits)
     if not path.is_file():
         raise InvalidRequest(field, f"no image file at {str(source)[:200]!r}")
     size = path.stat().st_size
@@ -81,13 +76,19 @@ def _read_bytes(source: str | Path | bytes, field: str, limits: Limits) -> bytes
     return path.read_bytes()
 
 
-def _b64decode(payload: str, field: str, limits: Limits) -> bytes:
-    if len(payload) * 3 // 4 > limits.max_image_bytes:
+def decode_base64(text: str, field: str, limits: Limits = Limits(),
+                  expected: str = "valid base64 image data") -> bytes:
+    """The bytes of a base64 data URI or of bare base64 text, refused past the byte limit."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if ";base64" not in header:
+            raise InvalidRequest(field, f"data URI must be base64-encoded, got {header[:40]!r}")
+    if len(text) * 3 // 4 > limits.max_image_bytes:
         raise InvalidRequest(field, f"image is over the limit of {limits.max_image_bytes:,} bytes")
     try:
-        return base64.b64decode("".join(payload.split()), validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(field, "not valid base64 image data") from None
+        raise InvalidRequest(field, f"not {expected}") from None
 
 
 def _check_dimensions(size: tuple[int, int], field: str, limits: Limits) -> None:

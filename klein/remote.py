@@ -9,8 +9,6 @@ Redirects are followed by hand and each hop is checked again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import socket
 import time
@@ -22,7 +20,7 @@ from PIL import Image
 
 from .config import Limits
 from .errors import InvalidRequest
-from .images import load_reference
+from .images import decode_base64, load_reference
 
 REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -135,16 +133,7 @@ def reference_bytes(value: str, field: str, limits: Limits, policy: UrlPolicy, a
         if not allow_remote:
             raise InvalidRequest(field, "remote image URLs are turned off on this server; send the image data")
         return fetch_bytes(value, field, policy, limits.max_image_bytes)
-    if value.startswith("data:"):
-        header, _, value = value.partition(",")
-        if ";base64" not in header:
-            raise InvalidRequest(field, f"data URI must be base64-encoded, got {header[:40]!r}")
-    if len(value) * 3 // 4 > limits.max_image_bytes:
-        raise InvalidRequest(field, f"image is over the limit of {limits.max_image_bytes:,} bytes")
-    try:
-        return base64.b64decode("".join(value.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(field, "not a URL, a data URI or valid base64 image data") from None
+    return decode_base64(value, field, limits, expected="a URL, a data URI or valid base64 image data")
 
 
 def _short(url: str) -> str:
