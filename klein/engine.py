@@ -145,13 +145,9 @@ class Engine:
         6. encode once, with the parameters embedded, and write the file.
         """
         started = time.perf_counter()
-        # 1. Model-dependent checks
-        self._check_prompt_length(request.prompt)
-        # 2. Request moderation
-        t0 = time.perf_counter()
-        tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
-        self._moderate_request(request, tolerance)
-        safety_ms = _ms_since(t0)
+        # 1-2. Model-dependent checks, request moderation
+        tolerance = self.check_request(request)
+        safety_ms = _ms_since(started)
         # 3. Parameters
         job = self._job_for(request)
         # 4. Pipeline
@@ -198,6 +194,18 @@ class Engine:
             output_format=request.output_format,
             timings_ms=timings,
         )
+
+    def check_request(self, request: GenerationRequest) -> int:
+        """Everything that can refuse a request before generating: the prompt's length, then moderation
+        of the prompt and reference images ("Request moderated"). Returns the tolerance applied.
+
+        Adapters that keep a request for later (the REST task queue) call this first, so nothing
+        refused is ever stored.
+        """
+        self._check_prompt_length(request.prompt)
+        tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
+        self._moderate_request(request, tolerance)
+        return tolerance
 
     def _moderate_request(self, request: GenerationRequest, tolerance: int) -> None:
         self.moderator.check_prompt(request.prompt, tolerance)

@@ -172,7 +172,7 @@ class RestApi:
     # -- tasks ------------------------------------------------------------------------------------
 
     def submit_task(self, body: TaskCreate, owner: str, base_url: str) -> dict:
-        """Validate everything now (a 422 before the task exists), then store it for the worker."""
+        """Validate and moderate everything now (a 422 before the task exists), then store it for the worker."""
         limits = self.engine.limits
         named = [(name, getattr(body, name)) for name in INPUT_FIELDS if getattr(body, name)]
         inputs = [self._reference(value, name) for name, value in named]
@@ -180,6 +180,7 @@ class RestApi:
         params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",
                                           "safety_tolerance", "width", "height"})
         request = GenerationRequest(images=tuple(images), limits=limits, **params)
+        self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored
         params["output_format"] = request.output_format
         if body.webhook_url:
             self.webhooks.check(body.webhook_url)

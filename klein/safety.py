@@ -70,7 +70,7 @@ _DIGITS_L = str.maketrans("013457", "oleast")
 _SEPARATORS = re.compile(r"([\W_]+)")
 _RUN3 = re.compile(r"(.)\1{2,}")
 _RUNS = re.compile(r"(.)\1+")
-BARRIER = " # "  # replaces removed phrases so the words either side do not join into a new phrase
+_WORD = re.compile(r"\S+")
 
 
 def normalise(text: str) -> str:
@@ -155,14 +155,20 @@ class TermList:
         self.age_res = tuple(re.compile(pattern) for pattern in age_patterns)
 
     def matches(self, prompt: str) -> list[Match]:
-        """Every term of the list the prompt contains, as whole words, allow-listed phrases removed first."""
+        """Every term of the list the prompt contains, as whole words.
+
+        An allow-listed phrase hides only the terms that lie wholly inside it: "chicken breast" hides
+        "breast", but "opposite sex scene" still matches "sex scene".
+        """
         found: set[Match] = set()
         for view in word_views(prompt):
-            view = self.allow_re.sub(BARRIER, view)
-            for m in self.phrase_re.finditer(view):
+            allowed = [m.span() for m in self.allow_re.finditer(view)]
+            phrases = [m for m in self.phrase_re.finditer(view) if not _inside(m.span(), allowed)]
+            for m in phrases:
                 found.update(Match(category, severity, m.group()) for category, severity in self.phrases[m.group()])
-            for word in self.phrase_re.sub(BARRIER, view).split():
-                key = self._word_key(word)
+            covered = allowed + [m.span() for m in phrases]
+            for m in _WORD.finditer(view):
+                key = None if _inside(m.span(), covered) else self._word_key(m.group())
                 if key:
                     found.update(Match(category, severity, key) for category, severity in self.words[key])
         return sorted(found, key=lambda m: (-m.severity, m.category, m.term))
@@ -181,6 +187,10 @@ class TermList:
         if _RUN3.search(word):  # stretched words: "nuuuude"
             return self.squeezed.get(_RUNS.sub(r"\1", word))
         return None
+
+
+def _inside(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    return any(start <= span[0] and span[1] <= end for start, end in spans)
 
 
 def _alternation(phrases) -> re.Pattern:

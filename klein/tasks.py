@@ -95,6 +95,7 @@ class TaskStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted inputs are overwritten, not left in free pages
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -25,10 +25,22 @@ def test_request_moderated_is_422_and_tolerance_passes_through(client):
     assert allowed.status_code == 200, allowed.text
 
 
-def test_moderated_task_fails_with_the_reason(client):
-    task = client.post(TASKS, json={"prompt": PROMPT, "safety_tolerance": 0, **SMALL}, headers=AUTH).json()["data"]
+def test_moderated_task_is_refused_before_anything_is_stored(client):
+    before = client.get(TASKS, headers=AUTH).json()["meta"]["total"]
+    refused = client.post(TASKS, json={"prompt": PROMPT, "safety_tolerance": 0, **SMALL}, headers=AUTH)
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("Request moderated")
+    assert client.get(TASKS, headers=AUTH).json()["meta"]["total"] == before  # no task, no stored prompt
+
+
+def test_content_moderated_task_fails_with_the_reason(client, engine, monkeypatch):
+    def refuse(image, tolerance):
+        raise ContentModerated("the generated image was flagged")
+
+    monkeypatch.setattr(engine.moderator, "check_output", refuse)
+    task = client.post(TASKS, json={"prompt": "a cup", **SMALL}, headers=AUTH).json()["data"]
     done = wait_for_status(client, task["task_id"])
-    assert done["status"] == "FAILED" and done["error"].startswith("Request moderated")
+    assert done["status"] == "FAILED" and done["error"].startswith("Content moderated")
+    assert "generated" not in done or done["generated"] == []
 
 
 def test_content_moderated_is_422(client, engine, monkeypatch):
