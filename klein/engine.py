@@ -151,10 +151,14 @@ class Engine:
         # 3. Parameters
         job = self._job_for(request)
         # 4. Pipeline
-        with self._lane:
-            stop = _StopCheck(cancel, deadline)
-            stop()  # the time spent waiting for the lane counts against the deadline
+        stop = _StopCheck(cancel, deadline)
+        if not self._lane.acquire(timeout=stop.seconds_left()):
+            raise GenerationTimeout("Waited for the GPU longer than the time limit; try again later.")
+        try:
+            stop()  # cancelled while waiting, or the deadline passed just now
             image, timings = self._run(job, _StepHook(progress, stop))
+        finally:
+            self._lane.release()
         # 5. Content moderation
         t0 = time.perf_counter()
         self.moderator.check_output(image, tolerance)
@@ -238,7 +242,8 @@ class Engine:
 
     def _run(self, job: _Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
         try:
-            # Callbacks do not pickle into a ZeroGPU worker; there the progress bar follows tqdm instead.
+            # Callbacks do not pickle into a ZeroGPU worker: there the UI shows no step progress, and
+            # Cancel or the deadline stop a job only before it reaches the GPU.
             return run_job(job, None if on_zero_gpu() else on_step)
         except KleinError:
             raise
@@ -257,6 +262,10 @@ class _StopCheck:
 
     def __init__(self, cancel: threading.Event | None, deadline: float | None):
         self.cancel, self.deadline = cancel, deadline
+
+    def seconds_left(self) -> float:
+        """For Lock.acquire(timeout=...): -1 waits for ever."""
+        return -1 if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def __call__(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -277,11 +286,20 @@ class _StepHook:
             self.progress(step, total)
 
 
+GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
+
+
 def _gpu_seconds(job: _Job, progress: ProgressCallback | None = None) -> int:
-    """ZeroGPU time to reserve: grows with pixels, steps and reference count."""
+    """ZeroGPU time to reserve: grows with pixels, steps, reference count and model size.
+
+    About 1.5 s per step-megapixel for a 4B model (a generous multiple of an H100's ~0.1 s, since a
+    ZeroGPU slice is shared and the first call also moves weights), twice that for 9B; each reference
+    adds tokens the transformer attends to; 10 s covers text encoding and the VAE.
+    """
     megapixels = job.width * job.height / 1e6
-    work = job.steps * megapixels * (1 + 0.5 * len(job.images))
-    return int(min(120, 10 + 1.5 * work))
+    model_scale = 2.0 if "9b" in job.model_key[0].lower() else 1.0
+    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * model_scale
+    return int(min(GPU_SECONDS_CAP, 10 + 1.5 * work))
 
 
 @spaces.GPU(duration=_gpu_seconds)

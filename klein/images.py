@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -46,10 +47,8 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
             # Opening reads only the header; our own pixel limit below is checked before decoding.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError:
-        raise InvalidRequest(
-            field, f"image has too many pixels to decode safely; the limit is {limits.max_image_pixels:,}"
-        ) from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequest(field, too_many_pixels(exc, limits)) from None
     except Exception:
         raise InvalidRequest(
             field, f"not a readable image ({len(data):,} bytes); accepted formats are PNG, JPEG and WebP"
@@ -60,6 +59,13 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
     except Exception as exc:
         raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
     return _to_rgb(image)
+
+
+def too_many_pixels(exc: Image.DecompressionBombError, limits: Limits) -> str:
+    """The message for an image PIL refuses to open (over twice its own pixel limit), with its size."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f" ({int(found.group(1)):,} pixels)" if found else ""
+    return f"image is too large to decode safely{pixels}; the limit is {limits.max_image_pixels:,} pixels"
 
 
 def _read_bytes(source: str | Path | bytes, field: str, limits: Limits) -> bytes:

@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image, UnidentifiedImageError
 
 from . import presets
 from .display import format_info, model_banner
 from .encode import settings_from_image
 from .engine import Engine
 from .errors import InvalidRequest, KleinError
-from .images import load_reference
+from .images import load_reference, too_many_pixels
 from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
-from .ui_state import (Cancellations, gallery_paths, seed_from, settings_to_restore, whole_number,
-                       with_history_entry)
+from .ui_state import (Cancellations, custom_side, gallery_paths, mcp_gallery_schema, seed_from,
+                       settings_to_restore, whole_number, with_history_entry)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ def named_slider(field: str, *args: Any, **kwargs: Any) -> gr.Slider:
     slider = gr.Slider(*args, **kwargs)
     check_range = slider.preprocess
 
-    def preprocess(payload: float) -> float:
+    def preprocess(payload: float | None) -> float | None:
+        if payload is None:  # an API call that sends null: the event function names what is missing
+            return None
         try:
             return check_range(payload)
         except gr.Error:
@@ -70,6 +73,29 @@ def named_slider(field: str, *args: Any, **kwargs: Any) -> gr.Slider:
 
     slider.preprocess = preprocess
     return slider
+
+
+def named_image(field: str, limits, **kwargs: Any) -> gr.Image:
+    """An Image input whose unreadable or oversized uploads are refused with a message naming `field`.
+
+    Gradio opens the upload's header with PIL before our checks run; PIL refuses images over about
+    179 MP there with its own DecompressionBombError, which would reach the user as a bare error.
+    """
+    image = gr.Image(**kwargs)
+    open_header = image.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return open_header(payload)
+        except Image.DecompressionBombError as exc:
+            message = str(InvalidRequest(field, too_many_pixels(exc, limits)))
+        except (UnidentifiedImageError, OSError) as exc:
+            message = str(InvalidRequest(field, f"not a readable image ({type(exc).__name__}); "
+                                                "accepted formats are PNG, JPEG and WebP"))
+        raise gr.Error(message, print_exception=False)
+
+    image.preprocess = preprocess
+    return image
 
 
 @contextmanager
@@ -126,7 +152,8 @@ class TabControls:
 
 def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
     """Fill a tab's controls from recorded settings (history entry or image metadata)."""
-    values = settings_to_restore(settings, with_match_input=tab.reference is not None)
+    values = settings_to_restore(settings, with_match_input=tab.reference is not None,
+                                 max_steps=int(tab.steps.maximum), max_tolerance=int(tab.safety_tolerance.maximum))
     return {getattr(tab, name): value for name, value in values.items()}
 
 
@@ -145,9 +172,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
             aspect_ratio=aspect_ratio,
             resolution=resolution,
             seed=seed_from(seed, randomize_seed),
-            width=int(width) if custom_size else None,
-            height=int(height) if custom_size else None,
-            steps=int(steps) if steps is not None else None,
+            width=custom_side("width", width) if custom_size else None,
+            height=custom_side("height", height) if custom_size else None,
+            steps=whole_number(steps),
             guidance=float(guidance) if guidance is not None and not spec.distilled else None,
             output_format=output_format,
             safety_tolerance=whole_number(safety_tolerance),
@@ -246,8 +273,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                              ["an isometric cozy reading nook, soft morning light"]], [t2i.prompt],
                             label="Example prompts")
             with gr.Tab("Edit", id="edit"):
-                image_input = gr.Image(label="Image to edit", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=300, elem_id="edit-image")
+                image_input = named_image("image", limits, label="Image to edit", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], height=300, elem_id="edit-image")
                 edit = _workflow_tab("edit", image_input, spec, max_tolerance)
                 gr.Examples([[str(ASSETS / "armchair.png"), "make the armchair green velvet"],
                              [str(ASSETS / "mountains.jpg"), "make it a snowy winter night"],
@@ -269,9 +296,9 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                          fit_columns=False, object_fit="cover", interactive=False,
                                          elem_id="history")
         with gr.Accordion("Load settings from image", open=False):
-            settings_image = gr.Image(label="Drop an image made by Klein Studio (or with A1111-style parameters)",
-                                      type="filepath", image_mode=None, sources=["upload"], height=200,
-                                      elem_id="settings-image")
+            settings_image = named_image("settings image", limits, type="filepath", image_mode=None,
+                                         label="Drop an image made by Klein Studio (or with A1111-style parameters)",
+                                         sources=["upload"], height=200, elem_id="settings-image")
 
         controls = {"text_to_image": t2i, "edit": edit, "multi_reference": multi}
         for tab, fn in ((t2i, text_to_image), (edit, edit_image), (multi, multi_reference_image)):
@@ -293,7 +320,12 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 gr.Warning("This image carries no generation settings (no Klein Studio or A1111 metadata).")
                 return {}
             workflow = settings.get("workflow") if settings.get("workflow") in controls else "text_to_image"
-            gr.Info(f"Settings loaded from an image made with {settings.get('model', 'an unknown model')}.")
+            made_with = settings.get("model")
+            if made_with and made_with != spec.name:
+                gr.Warning(f"Settings loaded; the image was made with {made_with} and this server runs {spec.name}, "
+                           "so the same seed gives a different image.")
+            else:
+                gr.Info(f"Settings loaded from an image made with {made_with or 'an unknown model'}.")
             return {**restore_updates(controls[workflow], settings), tabs: gr.Tabs(selected=workflow)}
 
         history_gallery.select(restore_from_history, [history], every_control + [tabs],
@@ -398,24 +430,37 @@ def _wire_use_as_input(tab: TabControls, image_input, gallery, tabs) -> None:
     tab.to_multi.click(to_multi, [tab.result, gallery], [gallery, tabs], api_visibility="private")
 
 
-def _unpack_multi_output_mcp_results() -> None:
-    """Gradio 6.31 hands an MCP client that sends no progress token one text repr of a multi-output
-    result (GradioMCPServer._execute_tool_without_progress returns [result]); give it each output,
-    so the image arrives as image content."""
-    from gradio.mcp import GradioMCPServer
+def _fix_gradio_mcp_server() -> None:
+    """Two fixes to Gradio 6.31's MCP server, applied once:
+
+    - a client that sends no progress token got one text repr of a multi-output result
+      (_execute_tool_without_progress returns [result]); it gets each output, the image as image content;
+    - a Gallery parameter's schema had dangling $refs, so multi_reference_image could not be called
+      (ui_state.mcp_gallery_schema).
+    """
     from anyio.to_thread import run_sync
+    from gradio.mcp import GradioMCPServer
+
+    if getattr(GradioMCPServer, "_klein_fixed", False):
+        return
+    input_schema = GradioMCPServer.get_input_schema
 
     async def execute_without_progress(self, job: Any) -> list[Any]:
         result = await run_sync(job.result)
         return list(result) if isinstance(result, tuple) else [result]
 
+    def get_input_schema(self, tool_name: str, parameters: dict[str, str] | None = None):
+        return mcp_gallery_schema(*input_schema(self, tool_name, parameters))
+
     GradioMCPServer._execute_tool_without_progress = execute_without_progress
+    GradioMCPServer.get_input_schema = get_input_schema
+    GradioMCPServer._klein_fixed = True
 
 
 def launch(demo: gr.Blocks, engine: Engine, settings, **kwargs: Any):
     """Launch the app with the house theme, the upload limit, the output folder allowed, and MCP if asked."""
     if settings.mcp:
-        _unpack_multi_output_mcp_results()
+        _fix_gradio_mcp_server()
     return demo.launch(
         server_name=settings.host,
         server_port=settings.port,

@@ -53,26 +53,54 @@ def whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def custom_side(name: str, value: Any) -> Any:
+    """A custom width or height from a slider; missing is refused here, anything else by the request."""
+    if value is None:
+        raise InvalidRequest(name, "is missing; a custom size needs both width and height")
+    return whole_number(value)
+
+
 def gallery_paths(images: Sequence[Any] | None) -> list[Any]:
     """Gallery values arrive as (path, caption) pairs; keep the paths."""
     return [item[0] if isinstance(item, (tuple, list)) else item for item in images or []]
 
 
-def settings_to_restore(settings: dict[str, Any], with_match_input: bool) -> dict[str, Any]:
-    """Control name -> value for the recorded settings a tab can take (unknown values are skipped)."""
+def settings_to_restore(settings: dict[str, Any], with_match_input: bool, max_steps: int,
+                        max_tolerance: int) -> dict[str, Any]:
+    """Control name -> value for the recorded settings a tab can take.
+
+    Values a control would refuse are made to fit (sizes aligned to 16 and clamped, the tolerance
+    capped) or skipped (steps or guidance outside this model's range, e.g. from an A1111 image),
+    so the restored settings always generate.
+    """
     values: dict[str, Any] = {"prompt": settings.get("prompt", ""), "randomize_seed": False}
     choices = [*([presets.MATCH_INPUT] if with_match_input else []), *presets.ASPECT_PRESETS]
     allowed = {"aspect_ratio": choices, "resolution": presets.RESOLUTIONS, "output_format": OUTPUT_FORMATS}
     for name, options in allowed.items():
         if settings.get(name) in options:
             values[name] = settings[name]
-    custom = settings.get("custom_size", "aspect_ratio" not in settings)
-    if custom and "width" in settings and "height" in settings:
-        values.update(custom_size=True, width=settings["width"], height=settings["height"])
-    for name in ("seed", "steps", "guidance", "safety_tolerance"):
-        if name in settings:
-            values[name] = settings[name]
+    width, height = _number(settings.get("width")), _number(settings.get("height"))
+    if settings.get("custom_size", "aspect_ratio" not in settings) and width and height:
+        values.update(custom_size=True, width=_fit_side(width), height=_fit_side(height))
+    ranges = {"seed": (0, presets.SEED_MAX), "steps": (1, max_steps), "guidance": (0.0, 20.0)}
+    for name, (low, high) in ranges.items():
+        value = _number(settings.get(name))
+        if value is not None and low <= value <= high:
+            values[name] = int(value) if name != "guidance" else value
+    tolerance = _number(settings.get("safety_tolerance"))
+    if tolerance is not None and 0 <= tolerance <= 5:
+        values["safety_tolerance"] = min(int(tolerance), max_tolerance)
     return values
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def _fit_side(value: float) -> int:
+    return min(presets.MAX_SIDE, max(presets.MIN_SIDE, presets.align(value)))
 
 
 def with_history_entry(entries: list[dict], path: str | None) -> list[dict]:
@@ -84,3 +112,29 @@ def with_history_entry(entries: list[dict], path: str | None) -> list[dict]:
     entry = {**settings, "path": path, "output_format": output_format,
              "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
     return [entry, *entries][:HISTORY_LIMIT]
+
+
+# What Gradio's MCP server tells clients a file parameter takes; it turns such strings into uploads.
+MCP_FILE_FORMAT = "Gradio File Input - a http or https url to a file"
+MCP_MAX_GALLERY_ITEMS = 64
+
+
+def mcp_gallery_schema(schema: dict[str, Any], file_positions: list[list[Any]]) -> tuple[dict, list[list[Any]]]:
+    """An MCP tool's input schema with each Gallery parameter as a plain list of {"image": url}.
+
+    Gradio 6.31 nests a Gallery's `$defs` inside its property while the `$ref`s point at the root,
+    so MCP clients' schema validation fails, and the file positions it records are schema paths
+    that never match a value. Each item here is {"image": an http(s) URL or a data URI}, the shape
+    gradio_client sends, with one file position per item.
+    """
+    properties = dict(schema.get("properties", {}))
+    for name, prop in properties.items():
+        if "GalleryImage" not in prop.get("$defs", {}):
+            continue
+        image = {"type": "string", "format": MCP_FILE_FORMAT,
+                 "description": "the image: an http(s) URL or a data URI (data:image/png;base64,...)"}
+        properties[name] = {"type": "array", "description": prop.get("description", ""),
+                            "items": {"type": "object", "properties": {"image": image}, "required": ["image"]}}
+        file_positions = [p for p in file_positions if p[:1] != [name]]
+        file_positions += [[name, index, "image"] for index in range(MCP_MAX_GALLERY_ITEMS)]
+    return {**schema, "properties": properties}, file_positions

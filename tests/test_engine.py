@@ -105,6 +105,22 @@ def test_deadline_in_the_past_times_out(engine):
         engine.generate(GenerationRequest(prompt="x", **SMALL), deadline=time.monotonic() - 1)
 
 
+def test_deadline_counts_the_wait_for_a_busy_lane(engine):
+    import time
+
+    from klein.errors import GenerationTimeout
+
+    engine._lane.acquire()  # another user's generation holds the GPU
+    try:
+        started = time.monotonic()
+        with pytest.raises(GenerationTimeout, match="Waited for the GPU"):
+            engine.generate(GenerationRequest(prompt="x", **SMALL), deadline=started + 0.3)
+        assert time.monotonic() - started < 2  # refused at the deadline, not when the lane came free
+    finally:
+        engine._lane.release()
+    assert engine.generate(GenerationRequest(prompt="x", **SMALL)).width == 128
+
+
 def test_repeated_prompt_skips_the_text_encoder_and_gives_the_same_image(engine):
     calls = []
     hook = engine.model.pipe.text_encoder.register_forward_hook(lambda *args: calls.append(1))
@@ -122,3 +138,17 @@ def test_repeated_prompt_skips_the_text_encoder_and_gives_the_same_image(engine)
 def test_default_output_format_is_jpeg(engine):
     result = engine.generate(GenerationRequest(prompt="x", **SMALL))
     assert result.output_format == "jpeg" and result.data[:2] == b"\xff\xd8"
+
+
+def test_zero_gpu_reservation_grows_with_the_work():
+    from klein.engine import GPU_SECONDS_CAP, _gpu_seconds, _Job
+
+    def seconds(model="flux2-klein-4b", size=1024, steps=4, references=0):
+        refs = tuple(Image.new("RGB", (64, 64)) for _ in range(references))
+        return _gpu_seconds(_Job((model, "cuda", "bf16"), "x", refs, size, size, steps, 1.0, 0))
+
+    base = seconds()
+    assert 10 < base < 30
+    assert seconds(size=2048) > base and seconds(steps=8) > base and seconds(references=2) > base
+    assert seconds(model="flux2-klein-9b") > base
+    assert seconds(model="flux2-klein-base-9b", size=2048, steps=50, references=4) == GPU_SECONDS_CAP

@@ -1,0 +1,66 @@
+"""The UI's pure conversions: restoring settings into controls, custom sizes, the MCP gallery schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from klein.errors import InvalidRequest
+from klein.ui_state import custom_side, mcp_gallery_schema, settings_to_restore
+
+
+def restore(settings, max_steps=16, max_tolerance=5, with_match_input=False):
+    return settings_to_restore(settings, with_match_input, max_steps=max_steps, max_tolerance=max_tolerance)
+
+
+def test_klein_settings_are_restored_as_recorded():
+    recorded = {"prompt": "a fox", "seed": 42, "aspect_ratio": "landscape", "resolution": "2k", "steps": 4,
+                "guidance": 1.0, "safety_tolerance": 3, "output_format": "png", "custom_size": False}
+    assert restore(recorded) == {"prompt": "a fox", "randomize_seed": False, "seed": 42, "aspect_ratio": "landscape",
+                                 "resolution": "2k", "steps": 4, "guidance": 1.0, "safety_tolerance": 3,
+                                 "output_format": "png"}
+
+
+def test_an_a1111_image_is_made_to_fit_the_controls():
+    # A1111: 20 steps, CFG 7.5, 600x900 (not multiples of 16); this app runs a distilled model (max 16 steps).
+    values = restore({"prompt": "a castle", "seed": 7, "steps": 20, "guidance": 7.5, "width": 600, "height": 900})
+    assert values["custom_size"] is True and (values["width"], values["height"]) == (608, 896)
+    assert "steps" not in values  # out of this model's range: the model's default stays
+    assert values["guidance"] == 7.5 and values["seed"] == 7
+
+
+@pytest.mark.parametrize(("recorded", "restored"), [((4000, 30), (2048, 64)), ((65, 2047), (64, 2048))])
+def test_sizes_are_aligned_and_clamped(recorded, restored):
+    values = restore({"prompt": "x", "width": recorded[0], "height": recorded[1]})
+    assert (values["width"], values["height"]) == restored
+
+
+def test_values_no_control_takes_are_skipped_or_capped():
+    values = restore({"prompt": "x", "seed": -1, "steps": 50, "guidance": 99, "safety_tolerance": 5,
+                      "aspect_ratio": "match_input", "resolution": "8k", "output_format": "gif"},
+                     max_steps=16, max_tolerance=2)
+    assert values == {"prompt": "x", "randomize_seed": False, "safety_tolerance": 2}
+
+
+def test_match_input_only_where_the_tab_has_references():
+    assert restore({"prompt": "x", "aspect_ratio": "match_input"}, with_match_input=True)["aspect_ratio"] == "match_input"
+
+
+def test_custom_side_names_a_missing_field():
+    with pytest.raises(InvalidRequest, match="width: is missing"):
+        custom_side("width", None)
+    assert custom_side("height", 512.0) == 512 and isinstance(custom_side("height", 512.0), int)
+    assert custom_side("height", 512.5) == 512.5  # left for the request to refuse, naming the field
+
+
+def test_mcp_gallery_schema_flattens_the_gallery_and_places_its_files():
+    gallery = {"$defs": {"GalleryImage": {}, "FileData": {}}, "items": {"anyOf": [{"$ref": "#/$defs/GalleryImage"}]},
+               "type": "array", "description": "2 to 4 images"}
+    schema = {"type": "object", "properties": {"images": gallery, "prompt": {"type": "string"}}}
+    positions = [["images", "$defs", "GalleryImage", "image"], ["other"]]
+    fixed, fixed_positions = mcp_gallery_schema(schema, positions)
+    images = fixed["properties"]["images"]
+    assert "$defs" not in images and images["description"] == "2 to 4 images"
+    assert images["items"]["properties"]["image"]["type"] == "string"
+    assert fixed["properties"]["prompt"] == {"type": "string"}
+    assert ["other"] in fixed_positions and ["images", 0, "image"] in fixed_positions
+    assert not any("$defs" in p for p in fixed_positions)
