@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,14 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from . import presets
-from .display import format_info, model_banner
+from .display import COMMON_ARGS_DOC, format_info, model_banner
 from .encode import settings_from_image
 from .engine import Engine
 from .errors import InvalidRequest, KleinError
 from .images import load_reference, too_many_pixels
 from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
-from .ui_state import (Cancellations, custom_side, gallery_paths, mcp_gallery_schema, seed_from,
-                       settings_to_restore, whole_number, with_history_entry)
+from .ui_state import (Cancellations, TabControls, custom_side, gallery_paths, mcp_gallery_schema, restore_updates,
+                       seed_from, whole_number, with_history_entry)
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +34,6 @@ ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
 # System fonts only: the page must not fetch web fonts from another host.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "Consolas", "monospace"])
-
-
-# The Args every endpoint shares; Gradio reads them from the docstrings for the API and MCP pages.
-COMMON_ARGS_DOC = """\
-            resolution: "1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).
-            seed: the seed to use when randomize_seed is false (0..4294967295).
-            randomize_seed: pick a random seed; the seed used is returned either way.
-            output_format: "jpeg" (default, fastest), "png" or "webp".
-            custom_size: use width and height instead of the preset.
-            width: custom width in pixels, a multiple of 16 in 64..2048.
-            height: custom height in pixels, a multiple of 16 in 64..2048.
-            steps: denoising steps (the model's default: 4 for distilled models, 50 for base models).
-            guidance: guidance scale, used by base models only.
-            safety_tolerance: 0 (strictest) to 5 (most permissive), default 2; moderates the prompt, the
-                reference images and the result.
-"""
 
 
 def named_slider(field: str, *args: Any, **kwargs: Any) -> gr.Slider:
@@ -110,51 +93,6 @@ def user_errors():
     except Exception:
         log.exception("unexpected error in a UI event")
         raise gr.Error("Something went wrong on the server; the log has the details.", print_exception=False) from None
-
-
-@dataclass
-class TabControls:
-    """The components of one workflow tab."""
-
-    workflow: str
-    reference: Any
-    prompt: Any
-    aspect_ratio: Any
-    resolution: Any
-    seed: Any
-    randomize_seed: Any
-    output_format: Any
-    custom_size: Any
-    width: Any
-    height: Any
-    steps: Any
-    guidance: Any
-    safety_tolerance: Any
-    generate: Any
-    cancel: Any
-    result: Any
-    seed_used: Any
-    reuse_seed: Any
-    to_edit: Any
-    to_multi: Any
-    info: Any
-
-    def inputs(self) -> list:
-        """The endpoint's inputs, in the order of its API parameters."""
-        settings = [self.prompt, self.aspect_ratio, self.resolution, self.seed, self.randomize_seed,
-                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance,
-                    self.safety_tolerance]
-        return ([self.reference] if self.reference is not None else []) + settings
-
-    def restorable(self) -> list:
-        return self.inputs()[1:] if self.reference is not None else self.inputs()
-
-
-def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
-    """Fill a tab's controls from recorded settings (history entry or image metadata)."""
-    values = settings_to_restore(settings, with_match_input=tab.reference is not None,
-                                 max_steps=int(tab.steps.maximum), max_tolerance=int(tab.safety_tolerance.maximum))
-    return {getattr(tab, name): value for name, value in values.items()}
 
 
 def build_demo(engine: Engine) -> gr.Blocks:
@@ -308,14 +246,25 @@ def build_demo(engine: Engine) -> gr.Blocks:
         every_control = [c for tab in controls.values() for c in tab.restorable()]
 
         def restore_from_history(entries: list[dict], evt: gr.SelectData) -> dict:
+            """Restore a history item's prompt, seed and settings in its tab.
+
+            Args:
+                entries: this session's history, newest first.
+            """
             entry = entries[evt.index]
             workflow = entry.get("workflow", "text_to_image")
             return {**restore_updates(controls[workflow], entry), tabs: gr.Tabs(selected=workflow)}
 
         def load_settings(path: str | None) -> dict:
+            """Fill a tab from the generation settings embedded in an image.
+
+            Args:
+                path: an image made by Klein Studio, or one with A1111-style parameters.
+            """
             if not path:
                 return {}
-            settings = settings_from_image(path)
+            with user_errors():
+                settings = settings_from_image(path)
             if not settings:
                 gr.Warning("This image carries no generation settings (no Klein Studio or A1111 metadata).")
                 return {}
@@ -393,30 +342,61 @@ def _wire_tab(tab: TabControls, fn, history, history_gallery, cancellations: Can
                                concurrency_id=GPU_LANE)
 
     def add_to_history(path: str | None, entries: list[dict]) -> tuple[list[dict], list]:
-        entries = with_history_entry(entries, path)
+        """Put a new result first in this session's history.
+
+        Args:
+            path: the result's file.
+            entries: the history so far.
+        """
+        with user_errors():
+            entries = with_history_entry(entries, path)
         return entries, [(e["path"], e["caption"]) for e in entries]
 
     def cancel_generation(request: gr.Request) -> None:
+        """Stop this visitor's queued or running generation (between denoising steps).
+
+        Args:
+            request: whose generation to stop.
+        """
         cancellations.cancel(request.session_hash)
         gr.Info("Cancelled.")
 
     event.success(add_to_history, [tab.result, history], [history, history_gallery],
                   api_visibility="private", queue=False)
     tab.cancel.click(cancel_generation, None, None, cancels=[event], api_visibility="private")
-    tab.reuse_seed.click(lambda seed: (seed, False) if seed is not None else (gr.skip(), gr.skip()),
-                         [tab.seed_used], [tab.seed, tab.randomize_seed], api_visibility="private", queue=False)
+    def reuse_seed(seed: float | None):
+        """Put the seed used into the seed box and turn randomizing off.
+
+        Args:
+            seed: the seed of the last result.
+        """
+        return (seed, False) if seed is not None else (gr.skip(), gr.skip())
+
+    tab.reuse_seed.click(reuse_seed, [tab.seed_used], [tab.seed, tab.randomize_seed], api_visibility="private",
+                         queue=False)
 
 
 def _wire_use_as_input(tab: TabControls, image_input, gallery, tabs) -> None:
     """Send a result to the Edit tab, or add it to the Multi-reference gallery."""
 
     def to_edit(path: str | None):
+        """Open a result in the Edit tab.
+
+        Args:
+            path: the result's file.
+        """
         if not path:
             gr.Warning("Generate an image first.")
             return gr.skip(), gr.skip()
         return path, gr.Tabs(selected="edit")
 
     def to_multi(path: str | None, current: list | None):
+        """Add a result to the Multi-reference gallery (at most 4).
+
+        Args:
+            path: the result's file.
+            current: the gallery's images.
+        """
         if not path:
             gr.Warning("Generate an image first.")
             return gr.skip(), gr.skip()

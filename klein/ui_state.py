@@ -1,10 +1,11 @@
-"""The UI's state and input conversions that need no Gradio (pure): cancel flags, history entries,
-settings to restore, slider and gallery values."""
+"""The UI's state and input conversions that need no Gradio (pure): a tab's controls, cancel flags,
+history entries, settings to restore, slider and gallery values, the MCP gallery schema."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,51 @@ from .errors import InvalidRequest
 from .request import OUTPUT_FORMATS
 
 HISTORY_LIMIT = 48
+
+
+@dataclass
+class TabControls:
+    """The components of one workflow tab."""
+
+    workflow: str
+    reference: Any
+    prompt: Any
+    aspect_ratio: Any
+    resolution: Any
+    seed: Any
+    randomize_seed: Any
+    output_format: Any
+    custom_size: Any
+    width: Any
+    height: Any
+    steps: Any
+    guidance: Any
+    safety_tolerance: Any
+    generate: Any
+    cancel: Any
+    result: Any
+    seed_used: Any
+    reuse_seed: Any
+    to_edit: Any
+    to_multi: Any
+    info: Any
+
+    def inputs(self) -> list:
+        """The endpoint's inputs, in the order of its API parameters."""
+        settings = [self.prompt, self.aspect_ratio, self.resolution, self.seed, self.randomize_seed,
+                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance,
+                    self.safety_tolerance]
+        return ([self.reference] if self.reference is not None else []) + settings
+
+    def restorable(self) -> list:
+        return self.inputs()[1:] if self.reference is not None else self.inputs()
+
+
+def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
+    """Fill a tab's controls from recorded settings (history entry or image metadata)."""
+    values = settings_to_restore(settings, with_match_input=tab.reference is not None,
+                                 max_steps=int(tab.steps.maximum), max_tolerance=int(tab.safety_tolerance.maximum))
+    return {getattr(tab, name): value for name, value in values.items()}
 
 
 class Cancellations:
