@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import spaces  # noqa: I001 - on ZeroGPU Spaces this must be imported before torch touches CUDA
 
+import atexit
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -31,6 +33,8 @@ from .safety import Moderator, moderator_from_env
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+OUTPUT_TTL = 24 * 3600  # seconds a result stays in a temporary output folder
+SWEEP_EVERY = 600
 MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat template included
 # One prompt-embedding cache per loaded model; module-level so a ZeroGPU worker (a fork) has it too.
 _prompt_caches: dict[tuple[str, str, str], PromptCache] = {}
@@ -42,7 +46,7 @@ class GenerationResult:
 
     image: Image.Image
     data: bytes
-    path: Path
+    path: Path | None  # None when the caller keeps the bytes itself (REST)
     seed: int
     width: int
     height: int
@@ -95,7 +99,8 @@ class Engine:
         self.settings = settings or Settings()
         self.model_reason = model_reason
         self.moderator = moderator if moderator is not None else moderator_from_env()
-        self.output_dir = self.settings.output_dir or Path(tempfile.mkdtemp(prefix="klein-studio-"))
+        self.output_dir = self.settings.output_dir or _temporary_output_dir()
+        self._outputs_swept = time.monotonic()
         self._lane = threading.Lock()
         _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")
@@ -133,6 +138,7 @@ class Engine:
         *,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
+        keep_file: bool = True,
     ) -> GenerationResult:
         """Generate one image for a validated request.
 
@@ -142,7 +148,8 @@ class Engine:
         4. run the pipeline (one at a time), stopping between steps if `cancel` is set or the
            `deadline` (a time.monotonic() value) passes;
         5. moderate the generated image ("Content moderated") before anything is kept;
-        6. encode once, with the parameters embedded, and write the file.
+        6. encode once, with the parameters embedded, and write the file (unless `keep_file` is False:
+           the REST API answers with the bytes and keeps task results in its own folder).
         """
         started = time.perf_counter()
         # 1-2. Model-dependent checks, request moderation
@@ -181,7 +188,10 @@ class Engine:
             "safety_tolerance": tolerance,
         }
         data = encode_image(image, request.output_format, meta)
-        path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")
+        path = None
+        if keep_file:
+            path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")
+            self._sweep_outputs()
         timings["encode"] = _ms_since(t0)
         timings["total"] = _ms_since(started)
         return GenerationResult(
@@ -210,6 +220,23 @@ class Engine:
         tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
         self._moderate_request(request, tolerance)
         return tolerance
+
+    def _sweep_outputs(self) -> None:
+        """Delete results older than OUTPUT_TTL from a temporary output folder, at most every few minutes.
+
+        A folder given with --output-dir is the user's and is never swept.
+        """
+        now = time.monotonic()
+        if self.settings.output_dir is not None or now - self._outputs_swept < SWEEP_EVERY:
+            return
+        self._outputs_swept = now
+        cutoff = time.time() - OUTPUT_TTL
+        for path in self.output_dir.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass  # gone already, or in use: the next sweep tries again
 
     def _moderate_request(self, request: GenerationRequest, tolerance: int) -> None:
         self.moderator.check_prompt(request.prompt, tolerance)
@@ -353,6 +380,13 @@ def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
         if cache is not None:
             cache.put(prompt, embeds)
     return embeds
+
+
+def _temporary_output_dir() -> Path:
+    """A fresh folder for results, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="klein-studio-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _ms_since(t0: float, device: str = "cpu") -> float:

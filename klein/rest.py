@@ -154,7 +154,8 @@ class RestApi:
             prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
             safety_tolerance=body.safety_tolerance, limits=limits)
-        return self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout)
+        return self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
+                                    keep_file=False)
 
     def _reference(self, value: str, field: str) -> bytes:
         return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)

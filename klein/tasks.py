@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .encode import EXTENSIONS
 from .errors import GenerationCancelled, KleinError, QueueFull
 from .images import load_reference
 from .request import GenerationRequest
@@ -239,7 +240,7 @@ class TaskService:
         started = time.monotonic()
         try:
             result = self.engine.generate(self._request_for(task), cancel=self._stop,
-                                          deadline=started + self.settings.generation_timeout)
+                                          deadline=started + self.settings.generation_timeout, keep_file=False)
         except GenerationCancelled as exc:
             if self._stop.is_set():  # shutting down: run it again on the next start
                 self.store.update(task.id, attempts=task.attempts - 1)
@@ -250,7 +251,7 @@ class TaskService:
             self._finish(task, FAILED, error=str(exc))
             return
         self._seconds_per_task = time.monotonic() - started
-        name = f"{task.id}-0.{result.path.suffix.lstrip('.')}"
+        name = f"{task.id}-0.{EXTENSIONS[result.output_format]}"
         _write_atomically(self.results_dir / name, result.data)
         info = result.info()
         info.pop("steps", None), info.pop("guidance", None)

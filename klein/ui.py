@@ -199,7 +199,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
     for fn in (text_to_image, edit_image, multi_reference_image):
         fn.__doc__ = fn.__doc__.replace("{common}\n", COMMON_ARGS_DOC)
 
-    with gr.Blocks(title="Klein Studio") as demo:
+    # Gradio keeps every upload and a copy of every result in its cache: hourly, drop those over a day old.
+    with gr.Blocks(title="Klein Studio", delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown("# Klein Studio\nFLUX.2 [klein]: text-to-image, editing and multi-reference generation.")
         gr.Markdown(model_banner(engine), elem_id="model-banner")
         history = gr.State([])

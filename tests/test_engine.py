@@ -152,3 +152,34 @@ def test_zero_gpu_reservation_grows_with_the_work():
     assert seconds(size=2048) > base and seconds(steps=8) > base and seconds(references=2) > base
     assert seconds(model="flux2-klein-9b") > base
     assert seconds(model="flux2-klein-base-9b", size=2048, steps=50, references=4) == GPU_SECONDS_CAP
+
+
+def test_a_temporary_output_folder_is_swept_of_old_results(tiny_model, monkeypatch):
+    import os
+    import time
+
+    from klein import engine as engine_module
+    from klein.config import Settings
+    from klein.engine import Engine
+
+    temporary = Engine(tiny_model, Settings(model="tiny"))  # no --output-dir: a temp folder
+    old, fresh = temporary.output_dir / "old.jpg", temporary.output_dir / "fresh.jpg"
+    old.write_bytes(b"x"), fresh.write_bytes(b"x")
+    two_days_ago = time.time() - 2 * engine_module.OUTPUT_TTL
+    os.utime(old, (two_days_ago, two_days_ago))
+    monkeypatch.setattr(engine_module, "SWEEP_EVERY", 0)
+    result = temporary.generate(GenerationRequest(prompt="x", **SMALL))
+    assert not old.exists() and fresh.exists() and result.path.exists()
+
+
+def test_a_chosen_output_folder_is_never_swept(engine, monkeypatch):
+    import os
+
+    from klein import engine as engine_module
+
+    kept = engine.output_dir / "kept.jpg"
+    kept.write_bytes(b"x")
+    os.utime(kept, (0, 0))
+    monkeypatch.setattr(engine_module, "SWEEP_EVERY", 0)
+    engine.generate(GenerationRequest(prompt="x", **SMALL))
+    assert kept.exists()

@@ -207,3 +207,10 @@ def test_openapi_documents_every_route(client):
     assert {"application/json", "multipart/form-data"} <= set(generate["requestBody"]["content"])
     assert "Generate one image" in generate["description"]
     assert client.get("/docs").status_code == 200
+
+
+def test_rest_results_are_not_written_to_the_ui_output_folder(client, engine):
+    # The UI's folder is served by Gradio without the API key; REST answers with the bytes instead.
+    before = set(engine.output_dir.iterdir())
+    assert post(client, seed=5).status_code == 200
+    assert set(engine.output_dir.iterdir()) == before

@@ -109,7 +109,8 @@ def test_failed_task_says_why(engine, tmp_path):
         task = create(client).json()["data"]
         done = wait_for_status(client, task["task_id"])
     assert done["status"] == "FAILED"
-    assert done["error"] == "Generation took longer than the time limit and was stopped."
+    # Stopped between steps, or still waiting for the lane (another test's task): both name the limit.
+    assert "longer than the time limit" in done["error"]
 
 
 def test_full_backlog_is_503_with_retry_after(engine, tmp_path):
