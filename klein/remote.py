@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,20 @@ class Target:
         return {"url": self.pinned, "headers": {"Host": self.host_header}, "extensions": extensions}
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# getaddrinfo cannot time out by itself; lookups run here so a slow resolver costs the request, not a thread.
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="klein-dns")
+
+
 def is_public(address: str) -> bool:
+    """A globally routable unicast address, also for IPv6 forms that carry an IPv4 one inside."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_loopback)
 
 
@@ -64,8 +76,11 @@ def check_url(url: str, field: str, policy: UrlPolicy) -> Target:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidRequest(field, f"{shown!r} must be an http:// or https:// URL")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    lookup = _resolver.submit(socket.getaddrinfo, parsed.host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=policy.timeout)
+    except FutureTimeout:
+        raise InvalidRequest(field, f"{shown!r}: looking up the host {parsed.host!r} took too long") from None
     except (socket.gaierror, UnicodeError):
         raise InvalidRequest(field, f"{shown!r}: the host {parsed.host!r} could not be resolved") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
@@ -75,7 +90,8 @@ def check_url(url: str, field: str, policy: UrlPolicy) -> Target:
             raise InvalidRequest(
                 field, f"{shown!r} resolves to a private, loopback or reserved address ({refused[0]}); refused"
             )
-    netloc = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # an IPv6 literal keeps its brackets
+    netloc = host if parsed.port is None else f"{host}:{parsed.port}"
     return Target(parsed, parsed.copy_with(host=addresses[0].split("%")[0]), netloc)
 
 

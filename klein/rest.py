@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -32,7 +33,7 @@ from fastapi.routing import APIRoute
 from .auth import ApiKeys
 from .config import MODELS
 from .encode import MIME_TYPES
-from .errors import InvalidRequest, KleinError
+from .errors import InvalidRequest, KleinError, QueueFull
 from .images import load_reference
 from .remote import UrlPolicy, reference_bytes
 from .request import DEFAULT_OUTPUT_FORMAT, GenerationRequest
@@ -46,7 +47,11 @@ from .rest_models import (
     TaskEnvelope,
     TaskPage,
     generate_body_openapi,
+    json_body_limit,
+    parse_model,
     read_generate_body,
+    read_json_object,
+    task_body_openapi,
     validation_detail,
 )
 from .tasks import TaskService
@@ -108,6 +113,7 @@ class RestApi:
         self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
         self._add_routes(self.router, self.keys.dependency())
         self._openapi: dict | None = None
+        self._sync_slots = threading.BoundedSemaphore(settings.sync_backlog)
 
     @asynccontextmanager
     async def lifespan(self, _app: Any):
@@ -136,6 +142,23 @@ class RestApi:
         return self._openapi
 
     # -- sync -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def sync_slot(self) -> Iterator[None]:
+        """One of the `sync_backlog` places for a sync request running or waiting for the GPU lane.
+
+        Each waiting request holds a worker thread that the other routes (and Gradio) share, so past
+        the limit a request is refused at once with a 503 instead of waiting.
+        """
+        if not self._sync_slots.acquire(blocking=False):
+            busy = QueueFull(f"{self.settings.sync_backlog} requests are already running or waiting; try again "
+                             "shortly, or use the task API.")
+            busy.retry_after = 1  # type: ignore[attr-defined]
+            raise busy
+        try:
+            yield
+        finally:
+            self._sync_slots.release()
 
     def generate_sync(self, body: GenerateBody, uploads: list[bytes], output_format: str):
         """Validate, decode the references and run the engine (in a worker thread)."""
@@ -193,6 +216,7 @@ class RestApi:
 
         @router.post("/v1/generate", response_model=GenerateResponse, openapi_extra=generate_body_openapi(),
                      tags=["sync"], responses={200: {"content": {t: {} for t in RAW_TYPES}},
+                                               503: {"model": ErrorBody, "description": "Too many requests waiting"},
                                                504: {"model": ErrorBody, "description": "Generation timed out"}})
         async def generate(request: Request, owner: str = Depends(require_key)) -> Response:
             """Generate one image and answer with it.
@@ -206,7 +230,8 @@ class RestApi:
             if raw and body.output_format and body.output_format.lower().replace("jpg", "jpeg") != raw:
                 raise HTTPException(406, f"output_format {body.output_format!r} does not match Accept: image/{raw}")
             fmt = body.output_format or raw or DEFAULT_OUTPUT_FORMAT
-            result = await run_in_threadpool(api.generate_sync, body, uploads, fmt)
+            with api.sync_slot():
+                result = await run_in_threadpool(api.generate_sync, body, uploads, fmt)
             if raw:
                 return Response(result.data, media_type=result.mime_type,
                                 headers={"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value})
@@ -215,15 +240,18 @@ class RestApi:
                 width=result.width, height=result.height, model=result.model, workflow=result.workflow.value,
                 output_format=result.output_format, timings_ms=result.timings_ms).model_dump())
 
-        @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"], responses={
-            503: {"model": ErrorBody, "description": "The backlog is full; see Retry-After"}})
-        def create_task(body: TaskCreate, request: Request, owner: str = Depends(require_key)) -> dict:
+        @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
+                     openapi_extra=task_body_openapi(),
+                     responses={503: {"model": ErrorBody, "description": "The backlog is full; see Retry-After"}})
+        async def create_task(request: Request, owner: str = Depends(require_key)) -> dict:
             """Queue a generation and answer at once with its task id (status CREATED).
 
             Up to four input images (base64, data URIs or http(s) URLs) choose the workflow as for
             /v1/generate. Poll the task, or give `webhook_url` to be told of each status change.
             """
-            return api.submit_task(body, owner, str(request.base_url))
+            # Read here, after the key is checked: a declared body parameter is parsed before auth.
+            body = parse_model(TaskCreate, await read_json_object(request, json_body_limit(api.engine.limits)))
+            return await run_in_threadpool(api.submit_task, body, owner, str(request.base_url))
 
         @router.get(TASKS, response_model=TaskPage, response_model_exclude_none=True, tags=["tasks"])
         def list_tasks(request: Request, page: int = Query(1, ge=1, le=1_000_000),

@@ -125,17 +125,41 @@ def generate_body_openapi() -> dict[str, Any]:
     }}}
 
 
+def json_body_limit(limits: Limits) -> int:
+    """The largest JSON body worth reading: every reference image as base64, plus room for the rest."""
+    return limits.max_references * (limits.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
+
+
+async def read_json_object(request: Request, limit: int) -> dict:
+    """The request's JSON object, read only up to `limit` bytes (413 past it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body: {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body: over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except ValueError:
+        raise InvalidRequest("body", "is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", f"must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def task_body_openapi() -> dict[str, Any]:
+    """The request body of task creation for the OpenAPI page (the route reads it itself, after auth)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": TaskCreate.model_json_schema()}}}}
+
+
 async def read_generate_body(request: Request, limits: Limits) -> tuple[GenerateBody, list[bytes]]:
     """The body of /v1/generate and the uploaded files' bytes (in order), whatever its content type."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            data = await request.json()
-        except ValueError:
-            raise InvalidRequest("body", "is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("body", f"must be a JSON object, got {type(data).__name__}")
-        return parse_model(GenerateBody, data), []
+        return parse_model(GenerateBody, await read_json_object(request, json_body_limit(limits))), []
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return await _read_form(request, limits)
     raise HTTPException(415, "Content-Type must be application/json or multipart/form-data.")

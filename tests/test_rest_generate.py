@@ -214,3 +214,38 @@ def test_rest_results_are_not_written_to_the_ui_output_folder(client, engine):
     before = set(engine.output_dir.iterdir())
     assert post(client, seed=5).status_code == 200
     assert set(engine.output_dir.iterdir()) == before
+
+
+def test_task_body_is_not_read_before_the_key_is_checked(client):
+    response = client.post("/v1/ai/text-to-image/flux-2-klein", content=b"{not json",
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", [GEN, "/v1/ai/text-to-image/flux-2-klein"])
+def test_an_oversized_json_body_is_413_before_it_is_read(client, path):
+    response = client.post(path, content=b"{}", headers={**AUTH, "Content-Type": "application/json",
+                                                          "Content-Length": str(10**10)})
+    assert response.status_code == 413 and response.json()["detail"].startswith("body: 10,000,000,000 bytes")
+
+
+def test_sync_requests_past_the_backlog_are_503_at_once(engine, tmp_path):
+    import threading
+    import time
+
+    api, small = make_client(engine, rest_settings(tmp_path, sync_backlog=1))
+    engine._lane.acquire()  # the GPU is busy with someone else's generation
+    answers = {}
+    first = threading.Thread(target=lambda: answers.update(first=post(small, seed=3)))
+    try:
+        first.start()
+        deadline = time.monotonic() + 10
+        while api._sync_slots._value and time.monotonic() < deadline:  # until the first request holds the slot
+            time.sleep(0.02)
+        refused = post(small, seed=4)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["detail"].startswith("1 requests are already running or waiting")
+    finally:
+        engine._lane.release()
+        first.join(30)
+    assert answers["first"].status_code == 200  # the waiting one was served once the lane came free

@@ -85,12 +85,16 @@ def test_byte_limit_and_timeout(server):
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.0.1", "169.254.169.254",
                                      "224.0.0.1", "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "::ffff:127.0.0.1",
-                                     "fc00::1", "240.0.0.1"])
+                                     "fc00::1", "240.0.0.1",
+                                     "2002:7f00:1::", "2002:a00:1::",  # 6to4 around 127.0.0.1, 10.0.0.1
+                                     "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64 around loopback, metadata
+                                     "2001:0:4136:e378:8000:63bf:3fff:fdd2"])  # Teredo (client 192.0.2.45)
 def test_non_public_addresses(address):
     assert not is_public(address)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:808:808::",
+                                     "64:ff9b::808:808"])
 def test_public_addresses(address):
     assert is_public(address)
 
@@ -125,3 +129,18 @@ def test_connection_goes_to_the_checked_address():
     assert str(args["url"]) == "http://127.0.0.1:9/x.png?a=1" and args["headers"] == {"Host": "127.0.0.1:9"}
     secure = check_url("https://localhost/x", "f", UrlPolicy(allow_private=True)).request_args()
     assert secure["extensions"] == {"sni_hostname": "localhost"} and secure["headers"] == {"Host": "localhost"}
+
+
+def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header():
+    args = check_url("http://[::1]:9/x.png", "f", UrlPolicy(allow_private=True)).request_args()
+    assert args["headers"] == {"Host": "[::1]:9"}
+
+
+def test_a_slow_dns_lookup_is_refused_at_the_timeout(monkeypatch):
+    import time
+
+    monkeypatch.setattr("klein.remote.socket.getaddrinfo", lambda *args, **kwargs: time.sleep(5))
+    started = time.monotonic()
+    with pytest.raises(InvalidRequest, match="image_uris\\[0\\]: 'http://slow.example/x.png': looking up"):
+        check_url("http://slow.example/x.png", "image_uris[0]", UrlPolicy(timeout=0.3))
+    assert time.monotonic() - started < 2
