@@ -5,7 +5,8 @@ Each delivery is a POST of the task's JSON with
     X-Klein-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>
 A failure (connection error, timeout, non-2xx) is retried after backoff, 2 x backoff, 4 x backoff...
 up to `attempts` tries. Deliveries for one task keep their order: a later status waits for the
-earlier one to be delivered or given up. Pending deliveries live in memory only.
+earlier one to be delivered or given up. A few sender threads share the work, so a slow receiver
+holds up only its own task's deliveries. Pending deliveries live in memory only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import InvalidRequest
 from .remote import UrlPolicy, check_url
 
 log = logging.getLogger(__name__)
+SENDERS = 4  # deliveries in flight at once; one task's deliveries are never sent in parallel
 SIGNATURE_HEADER = "X-Klein-Signature"
 TIMESTAMP_HEADER = "X-Klein-Timestamp"
 
@@ -61,7 +63,7 @@ class WebhookSender:
         self._counter = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def enabled(self) -> bool:
@@ -86,17 +88,21 @@ class WebhookSender:
             self._cond.notify()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="klein-webhooks", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._stopping = False
+            self._threads = [threading.Thread(target=self._loop, name=f"klein-webhooks-{i}", daemon=True)
+                             for i in range(SENDERS)]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
 
     def pending(self) -> int:
         with self._cond:

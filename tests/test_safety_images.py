@@ -100,6 +100,15 @@ def test_benign_images_pass_at_every_tolerance(moderator, name):
         moderator.check_reference(image, tolerance, "images[0]")
 
 
+def test_tiny_model_outputs_pass_at_every_tolerance(engine, moderator):
+    from klein.request import GenerationRequest
+
+    for seed, (width, height) in enumerate([(256, 256), (512, 320), (320, 512)]):
+        result = engine.generate(GenerationRequest(prompt="a portrait", seed=seed, width=width, height=height))
+        for tolerance in range(MAX_TOLERANCE + 1):
+            moderator.check_output(result.image, tolerance)
+
+
 def test_nudenet_flags_the_drawn_torso(detector):
     detections = detector.detect(drawn_torso())
     breasts = [d for d in detections if d.label == "FEMALE_BREAST_EXPOSED"]

@@ -1,0 +1,57 @@
+"""The webhook sender on its own: backoff doubling, and a slow receiver holding up only its own task."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+import pytest
+from conftest_rest import SECRET, Loopback
+
+from klein.remote import UrlPolicy
+from klein.webhooks import Delivery, WebhookSender, verify
+
+
+@pytest.mark.parametrize("attempt,delay", [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0)])
+def test_retries_back_off_exponentially(attempt, delay):
+    sender = WebhookSender(SECRET, UrlPolicy(), attempts=5, backoff=0.5)
+    delivery = Delivery("http://example.invalid/hook", b"{}", "task", attempt=attempt)
+    sender._queues["task"] = collections.deque([delivery])
+    before = time.monotonic()
+    sender._finish(delivery, ok=False)
+    due, _, key = sender._due[0]
+    assert key == "task" and due - before == pytest.approx(delay, abs=0.05)
+
+
+def test_the_last_failed_attempt_gives_up_and_moves_on():
+    sender = WebhookSender(SECRET, UrlPolicy(), attempts=3, backoff=0.5)
+    first, second = (Delivery("http://example.invalid/hook", b"{}", "task", attempt=3),
+                     Delivery("http://example.invalid/hook", b"{}", "task"))
+    sender._queues["task"] = collections.deque([first, second])
+    sender._finish(first, ok=False)
+    assert list(sender._queues["task"]) == [second] and sender._due[0][2] == "task"
+
+
+def test_a_slow_receiver_holds_up_only_its_own_task():
+    def slow(record):
+        time.sleep(2)
+        return 200, {}, b"ok"
+
+    sender = WebhookSender(SECRET, UrlPolicy(allow_private=True, timeout=5), attempts=1)
+    sender.start()
+    try:
+        with Loopback(slow) as stuck, Loopback(lambda record: (200, {}, b"ok")) as quick:
+            sender.send(stuck.url + "/hook", {"task_id": "a", "status": "CREATED"}, key="a")
+            time.sleep(0.2)  # the slow delivery is in flight
+            started = time.monotonic()
+            sender.send(quick.url + "/hook", {"task_id": "b", "status": "CREATED"}, key="b")
+            while not quick.requests and time.monotonic() - started < 5:
+                time.sleep(0.02)
+            assert quick.requests and time.monotonic() - started < 1.5
+            record = quick.requests[0]
+            assert json.loads(record["body"])["task_id"] == "b"
+            assert verify(SECRET, record["headers"]["X-Klein-Timestamp"], record["body"],
+                          record["headers"]["X-Klein-Signature"])
+    finally:
+        sender.stop()
