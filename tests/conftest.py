@@ -65,11 +65,17 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 120) -
 
 
 @pytest.fixture(scope="session")
-def app_url(cache_dir, tmp_path_factory):
+def app_output_dir(tmp_path_factory) -> Path:
+    """Where the launched app writes its results."""
+    return tmp_path_factory.mktemp("app-out")
+
+
+@pytest.fixture(scope="session")
+def app_url(cache_dir, app_output_dir, tmp_path_factory):
     """`python app.py --model tiny` launched as a user would, on a free port."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("app-log") / "app.log"
-    env = {**os.environ, "KLEIN_CACHE_DIR": str(cache_dir), "KLEIN_OUTPUT_DIR": str(tmp_path_factory.mktemp("app-out"))}
+    env = {**os.environ, "KLEIN_CACHE_DIR": str(cache_dir), "KLEIN_OUTPUT_DIR": str(app_output_dir)}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port)],

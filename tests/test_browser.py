@@ -120,6 +120,28 @@ def test_empty_prompt_shows_an_error_toast(page):
     page.get_by_text("prompt: is empty").first.wait_for()
 
 
+def choose(page, label: str, option: str) -> None:
+    page.get_by_label(label).first.click()
+    page.get_by_role("option", name=option).click()
+
+
+def test_progress_counts_steps_and_cancel_stops_the_generation(page, app_output_dir):
+    choose(page, "Resolution", "2k")  # 2048x2048: a few seconds with the tiny model on this CPU
+    page.fill("#text_to_image-prompt textarea", "a slow fox")
+    page.click("#text_to_image-generate")
+    page.locator("#text_to_image-result").get_by_text(re.compile(r"[1-3]/4 steps")).wait_for()
+    page.click("#text_to_image-cancel")
+    page.get_by_text("Cancelled.").first.wait_for()
+    page.wait_for_timeout(500)
+    assert "×" not in page.inner_text("#text_to_image-info")  # no result arrived
+    assert page.locator("#history img").count() == 0
+    choose(page, "Resolution", "1k")
+    generate(page, "text_to_image", "a quick fox")  # the GPU lane is free again
+    assert result_size(page, "text_to_image") == (1024, 1024)
+    # Had the engine run on, its 2048x2048 image would have been written before this one.
+    assert all(Image.open(p).size != (2048, 2048) for p in app_output_dir.iterdir() if p.suffix == ".jpg")
+
+
 def test_reuse_seed_and_history_restore(page):
     generate(page, "text_to_image", "a red fox in snow")
     first_seed = seed_used(page, "text_to_image")

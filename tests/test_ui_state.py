@@ -64,3 +64,15 @@ def test_mcp_gallery_schema_flattens_the_gallery_and_places_its_files():
     assert fixed["properties"]["prompt"] == {"type": "string"}
     assert ["other"] in fixed_positions and ["images", 0, "image"] in fixed_positions
     assert not any("$defs" in p for p in fixed_positions)
+
+
+def test_cancel_flags_are_per_session_and_cleared_when_done():
+    from klein.ui_state import Cancellations
+
+    flags = Cancellations()
+    mine, theirs = flags.start("me"), flags.start("you")
+    flags.cancel("me")
+    assert mine.is_set() and not theirs.is_set()
+    flags.finish("me", mine)
+    flags.cancel("me")  # nothing running for this session: a no-op, and the next run starts clear
+    assert not flags.start("me").is_set()
