@@ -21,9 +21,9 @@ from .encode import settings_from_image
 from .engine import Engine
 from .errors import InvalidRequest, KleinError
 from .images import load_reference, too_many_pixels
-from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
-from .ui_state import (Cancellations, TabControls, custom_side, gallery_paths, mcp_gallery_schema, restore_updates,
-                       seed_from, whole_number, with_history_entry)
+from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS
+from .ui_state import (Cancellations, TabControls, gallery_paths, mcp_gallery_schema, request_from_controls,
+                       restore_updates, with_history_entry)
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
     cancellations = Cancellations()
     max_tolerance = engine.moderator.max_tolerance
 
-    def run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-            custom_size, width, height, steps, guidance, safety_tolerance, progress, request) -> tuple[str, int, str]:
-        generation = GenerationRequest(
-            prompt=prompt,
-            images=tuple(references),
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            seed=seed_from(seed, randomize_seed),
-            width=custom_side("width", width) if custom_size else None,
-            height=custom_side("height", height) if custom_size else None,
-            steps=whole_number(steps),
-            guidance=float(guidance) if guidance is not None and not spec.distilled else None,
-            output_format=output_format,
-            safety_tolerance=whole_number(safety_tolerance),
-            limits=limits,
-        )
+    def run(references, *controls, progress, request) -> tuple[str, int, str]:
+        generation = request_from_controls(references, *controls, distilled=spec.distilled, limits=limits)
         session = getattr(request, "session_hash", None) or "anonymous"
         cancel = cancellations.start(session)
         try:
@@ -144,8 +130,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
             The image file, the seed used, and a line describing the generation.
         """
         with user_errors():
-            return run((), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
+            return run((), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format, custom_size,
+                       width, height, steps, guidance, safety_tolerance, progress=progress, request=request)
 
     def edit_image(image: str | None, prompt: str, aspect_ratio: str = "match_input", resolution: str = "1k",
                    seed: float = 0, randomize_seed: bool = True, output_format: str = DEFAULT_OUTPUT_FORMAT,
@@ -168,7 +154,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 raise InvalidRequest("image", "is missing; upload the image to edit")
             reference = load_reference(image, "image", limits)
             return run((reference,), prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
+                       custom_size, width, height, steps, guidance, safety_tolerance, progress=progress,
+                       request=request)
 
     def multi_reference_image(images: list | None, prompt: str, aspect_ratio: str = "match_input",
                               resolution: str = "1k", seed: float = 0, randomize_seed: bool = True,
@@ -194,7 +181,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                                f"given, multi-reference needs 2 to {limits.max_references}")
             references = tuple(load_reference(p, f"images[{i}]", limits) for i, p in enumerate(paths))
             return run(references, prompt, aspect_ratio, resolution, seed, randomize_seed, output_format,
-                       custom_size, width, height, steps, guidance, safety_tolerance, progress, request)
+                       custom_size, width, height, steps, guidance, safety_tolerance, progress=progress,
+                       request=request)
 
     for fn in (text_to_image, edit_image, multi_reference_image):
         fn.__doc__ = fn.__doc__.replace("{common}\n", COMMON_ARGS_DOC)

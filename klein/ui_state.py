@@ -12,7 +12,8 @@ from typing import Any
 from . import presets
 from .encode import settings_from_image
 from .errors import InvalidRequest
-from .request import OUTPUT_FORMATS
+from .config import Limits
+from .request import OUTPUT_FORMATS, GenerationRequest
 
 HISTORY_LIMIT = 48
 
@@ -83,6 +84,27 @@ class Cancellations:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
+
+
+def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: str, resolution: str, seed: Any,
+                          randomize_seed: bool, output_format: str, custom_size: bool, width: Any, height: Any,
+                          steps: Any, guidance: Any, safety_tolerance: Any, *, distilled: bool,
+                          limits: Limits) -> GenerationRequest:
+    """The request a tab's control values describe (validated by GenerationRequest, naming the field)."""
+    return GenerationRequest(
+        prompt=prompt,
+        images=tuple(references),
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
+        seed=seed_from(seed, randomize_seed),
+        width=custom_side("width", width) if custom_size else None,
+        height=custom_side("height", height) if custom_size else None,
+        steps=whole_number(steps),
+        guidance=float(guidance) if guidance is not None and not distilled else None,  # distilled: ignored
+        output_format=output_format,
+        safety_tolerance=whole_number(safety_tolerance),
+        limits=limits,
+    )
 
 
 def seed_from(seed: float | int | None, randomize_seed: bool) -> int | None:

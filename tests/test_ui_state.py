@@ -76,3 +76,19 @@ def test_cancel_flags_are_per_session_and_cleared_when_done():
     flags.finish("me", mine)
     flags.cancel("me")  # nothing running for this session: a no-op, and the next run starts clear
     assert not flags.start("me").is_set()
+
+
+def test_control_values_become_a_request():
+    from klein.config import Limits
+    from klein.ui_state import request_from_controls
+
+    request = request_from_controls((), "a fox", "landscape", "1k", 42.0, False, "png", True, 512.0, 256.0, 4.0, 3.5,
+                                    2.0, distilled=True, limits=Limits())
+    assert (request.seed, request.width, request.height, request.steps) == (42, 512, 256, 4)
+    assert request.guidance is None and request.safety_tolerance == 2  # distilled models ignore guidance
+    preset = request_from_controls((), "a fox", "landscape", "1k", 0, True, "png", False, 512, 256, None, 3.5, 2,
+                                   distilled=False, limits=Limits())
+    assert preset.seed is None and preset.output_size() == (1344, 768) and preset.guidance == 3.5
+    with pytest.raises(InvalidRequest, match="seed: must be a whole number"):
+        request_from_controls((), "a fox", "landscape", "1k", 1.5, False, "png", False, 0, 0, None, None, 2,
+                              distilled=True, limits=Limits())
