@@ -55,7 +55,7 @@ from .rest_models import (
     validation_detail,
 )
 from .tasks import TaskService
-from .webhooks import WebhookSender
+from .webhooks import WebhookOutbox, WebhookSender
 
 log = logging.getLogger(__name__)
 TITLE = "Klein Studio REST API"
@@ -108,7 +108,7 @@ class RestApi:
         self.policy = UrlPolicy(settings.allow_private_urls, settings.fetch_timeout)
         webhook_policy = UrlPolicy(settings.allow_private_urls, settings.webhook_timeout, max_redirects=0)
         self.webhooks = WebhookSender(settings.webhook_secret, webhook_policy, settings.webhook_attempts,
-                                      settings.webhook_backoff)
+                                      settings.webhook_backoff, WebhookOutbox(settings.tasks_db))
         self.tasks = TaskService(engine, settings, self.webhooks, image_url)
         self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
         self._add_routes(self.router, self.keys.dependency())

@@ -6,7 +6,9 @@ Each delivery is a POST of the task's JSON with
 A failure (connection error, timeout, non-2xx) is retried after backoff, 2 x backoff, 4 x backoff...
 up to `attempts` tries. Deliveries for one task keep their order: a later status waits for the
 earlier one to be delivered or given up. A few sender threads share the work, so a slow receiver
-holds up only its own task's deliveries. Pending deliveries live in memory only.
+holds up only its own task's deliveries. With an outbox (SQLite, beside the task database) every
+pending delivery is written down before it is queued and crossed off when delivered or given up,
+so a restart sends what a crash left pending, in order.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import heapq
 import hmac
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -50,13 +54,53 @@ class Delivery:
     key: str
     attempt: int = 0
     history: list[str] = field(default_factory=list)
+    outbox_id: int | None = None
+
+
+class WebhookOutbox:
+    """Pending deliveries on disk, so a crash loses none of them (a table in the task database)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS webhook_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "task_id TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, attempt INTEGER NOT NULL)")
+
+    def add(self, delivery: Delivery) -> int:
+        with self._lock, self._db:
+            cursor = self._db.execute("INSERT INTO webhook_outbox (task_id, url, body, attempt) VALUES (?, ?, ?, ?)",
+                                      (delivery.key, delivery.url, delivery.body, delivery.attempt))
+            return int(cursor.lastrowid)
+
+    def attempted(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("UPDATE webhook_outbox SET attempt = ? WHERE id = ?", (delivery.attempt, delivery.outbox_id))
+
+    def done(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (delivery.outbox_id,))
+
+    def pending(self) -> list[Delivery]:
+        """What a previous run left undelivered, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, task_id, url, body, attempt FROM webhook_outbox ORDER BY id").fetchall()
+        return [Delivery(url, bytes(body), key, attempt, outbox_id=row_id) for row_id, key, url, body, attempt in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 class WebhookSender:
     """A queue of deliveries and the one thread that sends them."""
 
-    def __init__(self, secret: str | None, policy: UrlPolicy, attempts: int = 5, backoff: float = 1.0):
+    def __init__(self, secret: str | None, policy: UrlPolicy, attempts: int = 5, backoff: float = 1.0,
+                 outbox: WebhookOutbox | None = None):
         self._secret = secret
+        self._outbox = outbox
         self.policy, self.attempts, self.backoff = policy, max(1, attempts), backoff
         self._queues: dict[str, collections.deque[Delivery]] = {}
         self._due: list[tuple[float, int, str]] = []
@@ -79,17 +123,26 @@ class WebhookSender:
 
     def send(self, url: str, payload: dict, key: str) -> None:
         """Queue `payload` for `url`; `key` (the task id) orders deliveries of one task."""
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        delivery = Delivery(url, json.dumps(payload, separators=(",", ":")).encode(), key)
+        if self._outbox is not None:
+            delivery.outbox_id = self._outbox.add(delivery)
+        self._enqueue(delivery)
+
+    def _enqueue(self, delivery: Delivery) -> None:
         with self._cond:
-            queue = self._queues.setdefault(key, collections.deque())
-            queue.append(Delivery(url, body, key))
+            queue = self._queues.setdefault(delivery.key, collections.deque())
+            queue.append(delivery)
             if len(queue) == 1:
-                self._schedule(key, time.monotonic())
+                self._schedule(delivery.key, time.monotonic())
             self._cond.notify()
 
     def start(self) -> None:
+        """Start the sender threads, first queueing what the outbox holds from an earlier run."""
         if not self._threads:
             self._stopping = False
+            if self._outbox is not None and self.enabled and not self._queues:
+                for delivery in self._outbox.pending():
+                    self._enqueue(delivery)
             self._threads = [threading.Thread(target=self._loop, name=f"klein-webhooks-{i}", daemon=True)
                              for i in range(SENDERS)]
             for thread in self._threads:
@@ -133,8 +186,12 @@ class WebhookSender:
     def _finish(self, delivery: Delivery, ok: bool) -> None:
         queue = self._queues[delivery.key]
         if not ok and delivery.attempt < self.attempts:
+            if self._outbox is not None:
+                self._outbox.attempted(delivery)
             self._schedule(delivery.key, time.monotonic() + self.backoff * 2 ** (delivery.attempt - 1))
             return
+        if self._outbox is not None:
+            self._outbox.done(delivery)
         if not ok:
             log.warning("webhook for task %s given up after %d attempts: %s", delivery.key, delivery.attempt,
                         "; ".join(delivery.history))

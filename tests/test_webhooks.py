@@ -55,3 +55,35 @@ def test_a_slow_receiver_holds_up_only_its_own_task():
                           record["headers"]["X-Klein-Signature"])
     finally:
         sender.stop()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_pending_deliveries_survive_a_restart_in_order(tmp_path):
+    from klein.webhooks import WebhookOutbox
+
+    database = tmp_path / "tasks.db"
+    policy = UrlPolicy(allow_private=True, timeout=3)
+    with Loopback(lambda record: (503, {}, b"down")) as receiver:
+        before = WebhookSender(SECRET, policy, attempts=5, backoff=60, outbox=WebhookOutbox(database))
+        before.start()
+        before.send(receiver.url + "/hook", {"task_id": "t", "status": "CREATED"}, key="t")
+        before.send(receiver.url + "/hook", {"task_id": "t", "status": "IN_PROGRESS"}, key="t")
+        wait_until(lambda: len(receiver.requests) == 1)  # the first attempt failed; the retry is a minute away
+        before.stop()  # the process dies here
+
+        receiver.respond = lambda record: (200, {}, b"ok")
+        after = WebhookSender(SECRET, policy, attempts=5, backoff=60, outbox=WebhookOutbox(database))
+        after.start()
+        try:
+            wait_until(lambda: len(receiver.requests) == 3)
+        finally:
+            after.stop()
+    statuses = [json.loads(r["body"])["status"] for r in receiver.requests]
+    assert statuses == ["CREATED", "CREATED", "IN_PROGRESS"]
+    assert WebhookOutbox(database).pending() == []  # crossed off once delivered
