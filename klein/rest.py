@@ -54,8 +54,8 @@ from .rest_models import (
     task_body_openapi,
     validation_detail,
 )
-from .tasks import TaskService
-from .webhooks import WebhookOutbox, WebhookSender
+from .tasks import TaskService, WebhookOutbox
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 TITLE = "Klein Studio REST API"

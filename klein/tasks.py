@@ -29,7 +29,7 @@ from .errors import GenerationCancelled, KleinError, QueueFull
 from .images import load_reference
 from .request import GenerationRequest
 from .rest_config import RestSettings
-from .webhooks import WebhookSender
+from .webhooks import Delivery, WebhookSender
 
 log = logging.getLogger(__name__)
 CREATED, IN_PROGRESS, COMPLETED, FAILED = "CREATED", "IN_PROGRESS", "COMPLETED", "FAILED"
@@ -87,16 +87,22 @@ class Task:
         return data
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """The task database, shared between threads (each class guards its connection with a lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # an accepted task survives a power cut
+    db.execute("PRAGMA secure_delete=ON")  # deleted inputs are overwritten, not left in free pages
+    return db
+
+
 class TaskStore:
     """Tasks and their input images in one SQLite file (WAL); safe to share between threads."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")  # deleted inputs are overwritten, not left in free pages
+        self._db = connect(path)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -160,6 +166,40 @@ class TaskStore:
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM tasks {where}", args).fetchall()
         return [_task(row) for row in rows]
+
+
+class WebhookOutbox:
+    """Pending deliveries on disk, so a crash loses none of them (a table in the task database)."""
+
+    def __init__(self, path: Path):
+        self._lock = threading.Lock()
+        self._db = connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS webhook_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "task_id TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, attempt INTEGER NOT NULL)")
+
+    def add(self, delivery: Delivery) -> int:
+        with self._lock, self._db:
+            cursor = self._db.execute("INSERT INTO webhook_outbox (task_id, url, body, attempt) VALUES (?, ?, ?, ?)",
+                                      (delivery.key, delivery.url, delivery.body, delivery.attempt))
+            return int(cursor.lastrowid)
+
+    def attempted(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("UPDATE webhook_outbox SET attempt = ? WHERE id = ?", (delivery.attempt, delivery.outbox_id))
+
+    def done(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (delivery.outbox_id,))
+
+    def pending(self) -> list[Delivery]:
+        """What a previous run left undelivered, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, task_id, url, body, attempt FROM webhook_outbox ORDER BY id").fetchall()
+        return [Delivery(url, bytes(body), key, attempt, outbox_id=row_id) for row_id, key, url, body, attempt in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 class TaskService:

@@ -65,7 +65,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 
 def test_pending_deliveries_survive_a_restart_in_order(tmp_path):
-    from klein.webhooks import WebhookOutbox
+    from klein.tasks import WebhookOutbox
 
     database = tmp_path / "tasks.db"
     policy = UrlPolicy(allow_private=True, timeout=3)
