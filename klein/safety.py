@@ -71,6 +71,8 @@ _SEPARATORS = re.compile(r"([\W_]+)")
 _RUN3 = re.compile(r"(.)\1{2,}")
 _RUNS = re.compile(r"(.)\1+")
 _WORD = re.compile(r"\S+")
+_SOFT_SEPARATOR = re.compile(r"[\s'\u2019_\u2010-]+")  # keep words in one phrase; anything else is a BARRIER
+BARRIER = "|"
 
 
 def normalise(text: str) -> str:
@@ -83,33 +85,47 @@ def normalise(text: str) -> str:
 
 
 def word_views(text: str) -> list[str]:
-    """The normalised text as space-joined words with leetspeak folded: one view, two when a '1' may be i or l."""
+    """The normalised text as space-joined words with leetspeak folded: one view, two when a '1' may be i or l.
+
+    Punctuation between words other than spaces, hyphens and apostrophes becomes a BARRIER word,
+    so an allowed phrase cannot be assembled across a comma ("pussy, willow").
+    """
     text = _LEET_SYMBOLS.sub(lambda m: m.group().translate(_SYMBOL_TABLE), normalise(text))
     words = _merge_single_letters(_SEPARATORS.split(text))
-    views = [" ".join(_fold_digits(w, _DIGITS_I) for w in words)]
-    if any("1" in w and not w.isdigit() for w in words):
-        views.append(" ".join(_fold_digits(w, _DIGITS_L) for w in words))
+    views = [_join(words, _DIGITS_I)]
+    if any("1" in w and not w.isdigit() for w, _ in words):
+        views.append(_join(words, _DIGITS_L))
     return views
 
 
-def _merge_single_letters(parts: list[str]) -> list[str]:
+def _join(words: list[tuple[str, str]], digits: dict) -> str:
+    joined: list[str] = []
+    for index, (word, separator) in enumerate(words):
+        if index and not _SOFT_SEPARATOR.fullmatch(separator):
+            joined.append(BARRIER)
+        joined.append(_fold_digits(word, digits))
+    return " ".join(joined)
+
+
+def _merge_single_letters(parts: list[str]) -> list[tuple[str, str]]:
     """Join one-character words spaced the same way: "n u d e", "n.u.d.e" become "nude"; "n u d e  t e e n" two words.
 
     `parts` alternates words and the separators between them (re.split with a capturing group).
+    Returns each word with the separator before it.
     """
-    words: list[str] = []
+    words: list[list[str]] = []  # [word, separator before it]
     run_separator: str | None = None  # the separator inside the run being merged
     for index in range(0, len(parts), 2):
         word, separator = parts[index], parts[index - 1] if index else ""
         if len(word) == 1 and words and separator == run_separator:
-            words[-1] += word
-        elif len(word) == 1 and words and len(words[-1]) == 1 and run_separator is None:
-            words[-1] += word
+            words[-1][0] += word
+        elif len(word) == 1 and words and len(words[-1][0]) == 1 and run_separator is None:
+            words[-1][0] += word
             run_separator = separator
         else:
-            words.append(word)
+            words.append([word, separator])
             run_separator = None
-    return [w for w in words if w]
+    return [(word, separator) for word, separator in words if word]
 
 
 def _fold_digits(word: str, table: dict) -> str:
@@ -138,6 +154,7 @@ class TermList:
     phrases: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
     phrase_re: re.Pattern = re.compile(r"(?!)")
     allow_re: re.Pattern = re.compile(r"(?!)")
+    allow_near_minors_re: re.Pattern = re.compile(r"(?!)")
     age_res: tuple[re.Pattern, ...] = ()
 
     def add(self, term: str, category: str, severity: int) -> None:
@@ -148,25 +165,39 @@ class TermList:
         if " " not in key:
             self.squeezed[_RUNS.sub(r"\1", key)] = key
 
-    def compile(self, allow: list[str], age_patterns: list[str]) -> None:
+    def compile(self, allow: list[str], age_patterns: list[str], allow_near_minors: list[str] = ()) -> None:
         """Build the regexes once all terms are added."""
-        self.phrase_re = _alternation(self.phrases)
+        self.phrase_re = _alternation(self.phrases, terms=True)
         self.allow_re = _alternation(word_views(phrase)[0] for phrase in allow)
+        self.allow_near_minors_re = _alternation(word_views(phrase)[0] for phrase in allow_near_minors)
         self.age_res = tuple(re.compile(pattern) for pattern in age_patterns)
 
     def matches(self, prompt: str) -> list[Match]:
-        """Every term of the list the prompt contains, as whole words.
+        """Every term of the list the prompt contains, as whole words (see scan)."""
+        return self.scan(prompt)[0]
+
+    def scan(self, prompt: str) -> tuple[list[Match], list[Match]]:
+        """(matches, matches for the minors rule): every term of the list the prompt contains, as whole words.
 
         An allow-listed phrase hides only the terms that lie wholly inside it: "chicken breast" hides
-        "breast", but "opposite sex scene" still matches "sex scene".
+        "breast", but "opposite sex scene" still matches "sex scene". For the minors rule only the few
+        phrases of `allow_near_minors` hide anything, so "nude stockings" cannot hide "nude" next to "teen".
         """
+        views = word_views(prompt)
+        general = self._match(views, self.allow_re)
+        if not any(self.allow_re.search(view) for view in views):
+            return general, general  # no allowed phrase: both readings are the same
+        return general, self._match(views, self.allow_near_minors_re)
+
+    def _match(self, views: list[str], allow_re: re.Pattern) -> list[Match]:
         found: set[Match] = set()
-        for view in word_views(prompt):
-            allowed = [m.span() for m in self.allow_re.finditer(view)]
-            phrases = [m for m in self.phrase_re.finditer(view) if not _inside(m.span(), allowed)]
+        for view in views:
+            allowed = [m.span(1) for m in allow_re.finditer(view)]
+            phrases = [m for m in self.phrase_re.finditer(view) if not _inside(m.span(1), allowed)]
             for m in phrases:
-                found.update(Match(category, severity, m.group()) for category, severity in self.phrases[m.group()])
-            covered = allowed + [m.span() for m in phrases]
+                term = m.group(1).replace(f" {BARRIER} ", " ")
+                found.update(Match(category, severity, term) for category, severity in self.phrases[term])
+            covered = allowed + [m.span(1) for m in phrases]
             for m in _WORD.finditer(view):
                 key = None if _inside(m.span(), covered) else self._word_key(m.group())
                 if key:
@@ -193,11 +224,20 @@ def _inside(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
     return any(start <= span[0] and span[1] <= end for start, end in spans)
 
 
-def _alternation(phrases) -> re.Pattern:
+def _alternation(phrases, terms: bool = False) -> re.Pattern:
+    """One regex for whole phrases, its match in group 1.
+
+    Terms also match with punctuation between their words, and overlapping: each word can start a
+    match, so "shooting up the school girl" finds "school girl" too.
+    """
     alternatives = sorted({p for p in phrases if p}, key=len, reverse=True)
     if not alternatives:
         return re.compile(r"(?!)")
-    return re.compile(r"(?<!\S)(?:" + "|".join(map(re.escape, alternatives)) + r")(?!\S)")
+    gap = r" (?:\| )?" if terms else " "
+    body = "|".join(gap.join(map(re.escape, phrase.split(" "))) for phrase in alternatives)
+    if terms:
+        return re.compile(r"(?<!\S)(?=((?:" + body + r"))(?!\S))")
+    return re.compile(r"(?<!\S)((?:" + body + r"))(?!\S)")
 
 
 @lru_cache(maxsize=4)
@@ -211,7 +251,7 @@ def load_terms(path: Path = TERMS_PATH) -> TermList:
                 terms.add(word, category, int(severity))
     for word in data["minors"]:
         terms.add(word, "minors", 0)
-    terms.compile(data.get("allow", []), data.get("minor_age_patterns", []))
+    terms.compile(data.get("allow", []), data.get("minor_age_patterns", []), data.get("allow_near_minors", []))
     return terms
 
 
@@ -248,10 +288,10 @@ class Moderator:
     def check_prompt(self, prompt: str, tolerance: int) -> None:
         """Raise RequestModerated when the prompt has a term above what the tolerance allows."""
         tolerance = self.effective_tolerance(tolerance)
-        matches = self.terms.matches(prompt)
-        sexual = [m for m in matches if m.category == "sexual"]
+        matches, near_minors = self.terms.scan(prompt)
+        sexual = [m for m in near_minors if m.category == "sexual"]
         if sexual:
-            self._check_minors(prompt, sexual[0], matches)
+            self._check_minors(prompt, sexual[0], near_minors)
         allowed = self.policy[tolerance].prompt
         scored = [m for m in matches if m.category in allowed]
         refused = [m for m in scored if m.severity > allowed[m.category]]

@@ -131,6 +131,19 @@ HARMFUL = [
     ("a teen and an adult having same sex", NEVER),
     ("opposite sex scene with a teenager", NEVER),
     ("sex education for teens", 0),
+    ("breast cancer awareness for teenagers", 0),
+    # allowed phrases do not hide a sexual or minors term from the minors rule (review, this session)
+    ("young girl wearing only nude stockings", NEVER),
+    ("nude gown, nothing underneath, 14 yo", NEVER),
+    ("girl, 12 years old, nude dress only", NEVER),
+    ("naked minor, detail", NEVER),
+    ("nude minor league player", NEVER),
+    ("teen sex, education", NEVER),
+    ("a sexy woman in a baby blue dress", NEVER),  # errs on refusing: "baby" counts next to "sexy"
+    # an allowed phrase is not assembled across punctuation; a term still is
+    ("a pussy, willow", 4),
+    ("a dead, body", 2),
+    ("nude pumps, shooting up the school girl", NEVER),  # phrases overlap: "school girl" is still found
     # minors terms and ages written other ways
     ("explicit porn with a minor", NEVER),
     ("porn with a 9th grader", NEVER),
@@ -294,7 +307,8 @@ def test_terms_are_data_with_every_category_and_severity():
 
 def test_normalisation_views():
     assert word_views("N.U.D.E") == ["nude"]
-    assert word_views("rule 34, 1980s") == ["rule 34 i98os", "rule 34 l98os"]  # numbers stay, mixed words fold
+    assert word_views("rule 34, 1980s") == ["rule 34 | i98os", "rule 34 | l98os"]  # numbers stay, mixed words fold
+    assert word_views("child's play; Gore-Tex") == ["child s play | gore tex"]  # ';' is a barrier, "'" and "-" not
     assert word_views("ｐ０ｒｎ") == ["porn"]
 
 
