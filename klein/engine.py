@@ -88,6 +88,7 @@ class _Job:
     steps: int
     guidance: float
     seed: int
+    model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
 
 
 class Engine:
@@ -104,6 +105,7 @@ class Engine:
         self._lane = threading.Lock()
         _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")
+        self._model_scale = max(1.0, sum(p.numel() for p in model.pipe.transformer.parameters()) / FOUR_B_PARAMETERS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Engine":
@@ -265,6 +267,7 @@ class Engine:
             steps=request.steps if request.steps is not None else spec.steps,
             guidance=float(request.guidance if request.guidance is not None else spec.guidance),
             seed=request.seed if request.seed is not None else presets.random_seed(),
+            model_scale=self._model_scale,
         )
 
     def _run(self, job: _Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
@@ -314,18 +317,18 @@ class _StepHook:
 
 
 GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
+FOUR_B_PARAMETERS = 3.88e9  # flux2-klein-4b's transformer (bench/gpu.py checks the count)
 
 
 def _gpu_seconds(job: _Job, progress: ProgressCallback | None = None) -> int:
     """ZeroGPU time to reserve: grows with pixels, steps, reference count and model size.
 
     About 1.5 s per step-megapixel for a 4B model (a generous multiple of an H100's ~0.1 s, since a
-    ZeroGPU slice is shared and the first call also moves weights), twice that for 9B; each reference
+    ZeroGPU slice is shared and the first call also moves weights), in proportion for larger ones; each reference
     adds tokens the transformer attends to; 10 s covers text encoding and the VAE.
     """
     megapixels = job.width * job.height / 1e6
-    model_scale = 2.0 if "9b" in job.model_key[0].lower() else 1.0
-    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * model_scale
+    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale
     return int(min(GPU_SECONDS_CAP, 10 + 1.5 * work))
 
 

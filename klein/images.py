@@ -51,7 +51,7 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
         raise InvalidRequest(field, too_many_pixels(exc, limits)) from None
     except Exception:
         raise InvalidRequest(
-            field, f"not a readable image ({len(data):,} bytes); accepted formats are PNG, JPEG and WebP"
+            field, unreadable_image(f"{len(data):,} bytes")
         ) from None
     _check_dimensions(image.size, field, limits)
     try:
@@ -59,6 +59,11 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
     except Exception as exc:
         raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
     return _to_rgb(image)
+
+
+def unreadable_image(detail: str) -> str:
+    """The message for data that is not an image of an accepted format."""
+    return f"not a readable image ({detail}); accepted formats are PNG, JPEG and WebP"
 
 
 def too_many_pixels(exc: Image.DecompressionBombError, limits: Limits) -> str:

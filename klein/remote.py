@@ -51,14 +51,16 @@ class Target:
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # getaddrinfo cannot time out by itself; lookups run here so a slow resolver costs the request, not a thread.
-_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="klein-dns")
+_resolver = ThreadPoolExecutor(max_workers=16, thread_name_prefix="klein-dns")
 
 
 def is_public(address: str) -> bool:
     """A globally routable unicast address, also for IPv6 forms that carry an IPv4 one inside."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if ip.teredo:
+            return False  # a tunnel through a relay: refused, as it always was
+        embedded = ip.ipv4_mapped or ip.sixtofour
         if embedded is None and ip in NAT64:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
@@ -80,6 +82,7 @@ def check_url(url: str, field: str, policy: UrlPolicy) -> Target:
     try:
         infos = lookup.result(timeout=policy.timeout)
     except FutureTimeout:
+        lookup.cancel()  # still queued: never runs; already running: its worker finishes on its own
         raise InvalidRequest(field, f"{shown!r}: looking up the host {parsed.host!r} took too long") from None
     except (socket.gaierror, UnicodeError):
         raise InvalidRequest(field, f"{shown!r}: the host {parsed.host!r} could not be resolved") from None

@@ -54,7 +54,7 @@ class RestSettings:
             results_dir=Path(env["KLEIN_RESULTS_DIR"]) if env.get("KLEIN_RESULTS_DIR") else None,
             result_ttl=_number(env, "KLEIN_RESULT_TTL", 24 * 3600.0),
             task_backlog=int(_number(env, "KLEIN_TASK_BACKLOG", 32)),
-            sync_backlog=int(_number(env, "KLEIN_SYNC_BACKLOG", 8)),
+            sync_backlog=max(1, int(_number(env, "KLEIN_SYNC_BACKLOG", 8))),
         )
 
 

@@ -20,7 +20,7 @@ from .display import COMMON_ARGS_DOC, format_info, model_banner
 from .encode import settings_from_image
 from .engine import Engine
 from .errors import InvalidRequest, KleinError
-from .images import load_reference, too_many_pixels
+from .images import load_reference, too_many_pixels, unreadable_image
 from .request import DEFAULT_OUTPUT_FORMAT, DEFAULT_SAFETY_TOLERANCE, OUTPUT_FORMATS
 from .ui_state import (Cancellations, TabControls, gallery_paths, mcp_gallery_schema, request_from_controls,
                        restore_updates, with_history_entry)
@@ -73,8 +73,7 @@ def named_image(field: str, limits, **kwargs: Any) -> gr.Image:
         except Image.DecompressionBombError as exc:
             message = str(InvalidRequest(field, too_many_pixels(exc, limits)))
         except (UnidentifiedImageError, OSError) as exc:
-            message = str(InvalidRequest(field, f"not a readable image ({type(exc).__name__}); "
-                                                "accepted formats are PNG, JPEG and WebP"))
+            message = str(InvalidRequest(field, unreadable_image(type(exc).__name__)))
         raise gr.Error(message, print_exception=False)
 
     image.preprocess = preprocess
@@ -303,7 +302,7 @@ def _workflow_tab(workflow: str, reference, spec, max_tolerance: int) -> TabCont
                     height = named_slider("height", presets.MIN_SIDE, presets.MAX_SIDE, value=1024, step=16,
                                           label="Height")
                 steps = named_slider("steps", 1, 100 if not spec.distilled else 16, value=spec.steps, step=1,
-                                     label="Steps")
+                                     label="Steps", elem_id=f"{workflow}-steps")
                 guidance = named_slider("guidance", 0, 20, value=spec.guidance, step=0.1, label="Guidance",
                                         visible=not spec.distilled)
             with gr.Row():

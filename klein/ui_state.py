@@ -13,7 +13,7 @@ from . import presets
 from .encode import settings_from_image
 from .errors import InvalidRequest
 from .config import Limits
-from .request import OUTPUT_FORMATS, GenerationRequest
+from .request import MAX_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
 
 HISTORY_LIMIT = 48
 
@@ -150,13 +150,15 @@ def settings_to_restore(settings: dict[str, Any], with_match_input: bool, max_st
     width, height = _number(settings.get("width")), _number(settings.get("height"))
     if settings.get("custom_size", "aspect_ratio" not in settings) and width and height:
         values.update(custom_size=True, width=_fit_side(width), height=_fit_side(height))
-    ranges = {"seed": (0, presets.SEED_MAX), "steps": (1, max_steps), "guidance": (0.0, 20.0)}
+    limits = Limits()
+    ranges = {"seed": (0, presets.SEED_MAX), "steps": (limits.min_steps, max_steps),
+              "guidance": (limits.min_guidance, limits.max_guidance)}
     for name, (low, high) in ranges.items():
         value = _number(settings.get(name))
         if value is not None and low <= value <= high:
             values[name] = int(value) if name != "guidance" else value
     tolerance = _number(settings.get("safety_tolerance"))
-    if tolerance is not None and 0 <= tolerance <= 5:
+    if tolerance is not None and 0 <= tolerance <= MAX_SAFETY_TOLERANCE:
         values["safety_tolerance"] = min(int(tolerance), max_tolerance)
     return values
 

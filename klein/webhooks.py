@@ -137,6 +137,7 @@ class WebhookSender:
                 if delivery is None:
                     return
             ok = self._attempt(delivery)
+            self._write_down(delivery, ok)  # outside the lock: an fsync must not hold up the other senders
             with self._cond:
                 self._finish(delivery, ok)
 
@@ -148,15 +149,23 @@ class WebhookSender:
             self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
         return None
 
+    def _will_retry(self, delivery: Delivery, ok: bool) -> bool:
+        return not ok and delivery.attempt < self.attempts
+
+    def _write_down(self, delivery: Delivery, ok: bool) -> None:
+        """Record the attempt in the outbox, or cross the delivery off once delivered or given up."""
+        if self._outbox is None:
+            return
+        if self._will_retry(delivery, ok):
+            self._outbox.attempted(delivery)
+        else:
+            self._outbox.done(delivery)
+
     def _finish(self, delivery: Delivery, ok: bool) -> None:
         queue = self._queues[delivery.key]
-        if not ok and delivery.attempt < self.attempts:
-            if self._outbox is not None:
-                self._outbox.attempted(delivery)
+        if self._will_retry(delivery, ok):
             self._schedule(delivery.key, time.monotonic() + self.backoff * 2 ** (delivery.attempt - 1))
             return
-        if self._outbox is not None:
-            self._outbox.done(delivery)
         if not ok:
             log.warning("webhook for task %s given up after %d attempts: %s", delivery.key, delivery.attempt,
                         "; ".join(delivery.history))

@@ -140,18 +140,19 @@ def test_default_output_format_is_jpeg(engine):
     assert result.output_format == "jpeg" and result.data[:2] == b"\xff\xd8"
 
 
-def test_zero_gpu_reservation_grows_with_the_work():
+def test_zero_gpu_reservation_grows_with_the_work(engine):
     from klein.engine import GPU_SECONDS_CAP, _gpu_seconds, _Job
 
-    def seconds(model="flux2-klein-4b", size=1024, steps=4, references=0):
+    def seconds(scale=1.0, size=1024, steps=4, references=0):
         refs = tuple(Image.new("RGB", (64, 64)) for _ in range(references))
-        return _gpu_seconds(_Job((model, "cuda", "bf16"), "x", refs, size, size, steps, 1.0, 0))
+        return _gpu_seconds(_Job(("m", "cuda", "bf16"), "x", refs, size, size, steps, 1.0, 0, model_scale=scale))
 
     base = seconds()
     assert 10 < base < 30
     assert seconds(size=2048) > base and seconds(steps=8) > base and seconds(references=2) > base
-    assert seconds(model="flux2-klein-9b") > base
-    assert seconds(model="flux2-klein-base-9b", size=2048, steps=50, references=4) == GPU_SECONDS_CAP
+    assert seconds(scale=9.1 / 3.88) > base  # a 9B transformer
+    assert seconds(scale=2.3, size=2048, steps=50, references=4) == GPU_SECONDS_CAP
+    assert engine._job_for(GenerationRequest(prompt="x", **SMALL)).model_scale == 1.0  # tiny: never below 4B's
 
 
 def test_a_temporary_output_folder_is_swept_of_old_results(tiny_model, monkeypatch):
@@ -162,7 +163,12 @@ def test_a_temporary_output_folder_is_swept_of_old_results(tiny_model, monkeypat
     from klein.config import Settings
     from klein.engine import Engine
 
-    temporary = Engine(tiny_model, Settings(model="tiny"))  # no --output-dir: a temp folder
+    from klein.safety import Moderator
+
+    saved_cache = engine_module._prompt_caches[tiny_model.key]  # shared with the session's engine
+    monkeypatch.setitem(engine_module._prompt_caches, tiny_model.key, saved_cache)
+    temporary = Engine(tiny_model, Settings(model="tiny"), moderator=Moderator(image_moderation=False))
+    # no --output-dir: a temp folder
     old, fresh = temporary.output_dir / "old.jpg", temporary.output_dir / "fresh.jpg"
     old.write_bytes(b"x"), fresh.write_bytes(b"x")
     two_days_ago = time.time() - 2 * engine_module.OUTPUT_TTL

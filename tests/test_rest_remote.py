@@ -88,7 +88,8 @@ def test_byte_limit_and_timeout(server):
                                      "fc00::1", "240.0.0.1",
                                      "2002:7f00:1::", "2002:a00:1::",  # 6to4 around 127.0.0.1, 10.0.0.1
                                      "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64 around loopback, metadata
-                                     "2001:0:4136:e378:8000:63bf:3fff:fdd2"])  # Teredo (client 192.0.2.45)
+                                     "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (client 192.0.2.45)
+                                     "2001:0:4136:e378:8000:63bf:f7f7:f7f7"])  # Teredo, public client: refused too
 def test_non_public_addresses(address):
     assert not is_public(address)
 
@@ -139,7 +140,7 @@ def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header():
 def test_a_slow_dns_lookup_is_refused_at_the_timeout(monkeypatch):
     import time
 
-    monkeypatch.setattr("klein.remote.socket.getaddrinfo", lambda *args, **kwargs: time.sleep(5))
+    monkeypatch.setattr("klein.remote.socket.getaddrinfo", lambda *args, **kwargs: time.sleep(1))
     started = time.monotonic()
     with pytest.raises(InvalidRequest, match="image_uris\\[0\\]: 'http://slow.example/x.png': looking up"):
         check_url("http://slow.example/x.png", "image_uris[0]", UrlPolicy(timeout=0.3))
