@@ -14,6 +14,7 @@ or, for tests, by `RestApi.create_app()`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import threading
@@ -60,6 +61,7 @@ from .webhooks import WebhookSender
 log = logging.getLogger(__name__)
 TITLE = "Klein Studio REST API"
 TASKS = "/v1/ai/text-to-image/flux-2-klein"
+DISCONNECT_POLL = 0.25  # seconds between checks that a sync client is still there
 RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -160,8 +162,10 @@ class RestApi:
         finally:
             self._sync_slots.release()
 
-    def generate_sync(self, body: GenerateBody, uploads: list[bytes], output_format: str):
-        """Validate, decode the references and run the engine (in a worker thread)."""
+    def generate_sync(self, body: GenerateBody, uploads: list[bytes], output_format: str,
+                      cancel: threading.Event | None = None):
+        """Validate, decode the references and run the engine (in a worker thread); `cancel` stops it
+        between denoising steps."""
         self._check_model(body.model)
         limits = self.engine.limits
         if uploads:
@@ -178,7 +182,7 @@ class RestApi:
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
             safety_tolerance=body.safety_tolerance, limits=limits)
         return self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
-                                    keep_file=False)
+                                    cancel=cancel, keep_file=False)
 
     def _reference(self, value: str, field: str) -> bytes:
         return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)
@@ -231,7 +235,7 @@ class RestApi:
                 raise HTTPException(406, f"output_format {body.output_format!r} does not match Accept: image/{raw}")
             fmt = body.output_format or raw or DEFAULT_OUTPUT_FORMAT
             with api.sync_slot():
-                result = await run_in_threadpool(api.generate_sync, body, uploads, fmt)
+                result = await until_disconnected(request, api.generate_sync, body, uploads, fmt)
             if raw:
                 return Response(result.data, media_type=result.mime_type,
                                 headers={"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value})
@@ -293,6 +297,24 @@ class RestApi:
         if task is None:
             raise HTTPException(404, f"task {task_id!r} not found (unknown, expired, or another key's)")
         return task
+
+
+async def until_disconnected(request: Request, fn: Callable, *args: Any) -> Any:
+    """Run fn(*args, cancel) in a worker thread; if the client goes away meanwhile, set `cancel`, so the
+    GPU lane is not spent on an image nobody will receive."""
+    cancel = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL)
+        log.info("client of %s disconnected: cancelling its generation", request.url.path)
+        cancel.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await run_in_threadpool(fn, *args, cancel)
+    finally:
+        watcher.cancel()
 
 
 def _raw_format(accept: str | None) -> str | None:

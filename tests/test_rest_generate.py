@@ -249,3 +249,56 @@ def test_sync_requests_past_the_backlog_are_503_at_once(engine, tmp_path):
         engine._lane.release()
         first.join(30)
     assert answers["first"].status_code == 200  # the waiting one was served once the lane came free
+
+
+def test_a_client_that_disconnects_cancels_its_generation(engine, tmp_path, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from conftest import free_port
+
+    from klein.errors import GenerationCancelled
+    from klein.rest import DISCONNECT_POLL, RestApi
+
+    first_step, closed, outcome = threading.Event(), threading.Event(), {}
+    real_generate = engine.generate
+
+    def hold_after_first_step(step, total):
+        first_step.set()
+        closed.wait(10)
+        time.sleep(4 * DISCONNECT_POLL)  # time for the server to notice the client has gone
+
+    def recording(request, progress=None, **kwargs):
+        try:
+            return real_generate(request, hold_after_first_step, **kwargs)
+        except GenerationCancelled:
+            outcome["cancelled"] = True
+            raise
+
+    monkeypatch.setattr(engine, "generate", recording)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(RestApi(engine, rest_settings(tmp_path)).create_app(), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = json.dumps({"prompt": "a fox nobody waits for", **SMALL}).encode()
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert first_step.wait(30)
+        client.close()
+        closed.set()
+        deadline = time.monotonic() + 20
+        while "cancelled" not in outcome and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outcome == {"cancelled": True}  # stopped at the next step, not run to the end
+    finally:
+        closed.set()
+        server.should_exit = True
+        thread.join(10)
