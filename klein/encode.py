@@ -7,9 +7,13 @@ encoding can cost more than a GPU generation.
 
 from __future__ import annotations
 
+import atexit
 import io
-import re
 import json
+import re
+import shutil
+import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,24 @@ def write_image(data: bytes, output_format: str, directory: Path, stem: str = "k
     tmp.write_bytes(data)
     tmp.replace(path)
     return path
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A fresh folder, removed with what it holds when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def delete_older_than(folder: Path, seconds: float) -> None:
+    """Delete the files in `folder` last modified more than `seconds` ago."""
+    cutoff = time.time() - seconds
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # gone already, or in use: the next sweep tries again
 
 
 def read_metadata(source: str | Path | Image.Image) -> dict[str, Any] | None:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import spaces  # noqa: I001 - on ZeroGPU Spaces this must be imported before torch touches CUDA
 
-import atexit
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +20,7 @@ from PIL import Image
 
 from . import presets
 from .config import Settings, choose_model, on_zero_gpu
-from .encode import MIME_TYPES, encode_image, write_image
+from .encode import MIME_TYPES, delete_older_than, encode_image, temporary_folder, write_image
 from .errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
 from .pipeline import LoadedModel, SpeedUps, cached_model, load_model
 from .prompt_cache import PromptCache
@@ -100,7 +97,7 @@ class Engine:
         self.settings = settings or Settings()
         self.model_reason = model_reason
         self.moderator = moderator if moderator is not None else moderator_from_env()
-        self.output_dir = self.settings.output_dir or _temporary_output_dir()
+        self.output_dir = self.settings.output_dir or temporary_folder("klein-studio-")
         self._outputs_swept = time.monotonic()
         self._lane = threading.Lock()
         _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
@@ -232,13 +229,7 @@ class Engine:
         if self.settings.output_dir is not None or now - self._outputs_swept < SWEEP_EVERY:
             return
         self._outputs_swept = now
-        cutoff = time.time() - OUTPUT_TTL
-        for path in self.output_dir.iterdir():
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass  # gone already, or in use: the next sweep tries again
+        delete_older_than(self.output_dir, OUTPUT_TTL)
 
     def _moderate_request(self, request: GenerationRequest, tolerance: int) -> None:
         self.moderator.check_prompt(request.prompt, tolerance)
@@ -383,13 +374,6 @@ def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
         if cache is not None:
             cache.put(prompt, embeds)
     return embeds
-
-
-def _temporary_output_dir() -> Path:
-    """A fresh folder for results, removed when the process exits."""
-    path = Path(tempfile.mkdtemp(prefix="klein-studio-"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
 
 
 def _ms_since(t0: float, device: str = "cpu") -> float:
