@@ -151,9 +151,12 @@ class Engine:
            the REST API answers with the bytes and keeps task results in its own folder).
         """
         started = time.perf_counter()
-        # 1-2. Model-dependent checks, request moderation
-        tolerance = self.check_request(request)
-        safety_ms = _ms_since(started)
+        # 1. Model-dependent checks
+        self._check_prompt_length(request.prompt)
+        # 2. Request moderation
+        t0 = time.perf_counter()
+        tolerance = self._moderate_request(request)
+        safety_ms = _ms_since(t0)
         # 3. Parameters
         job = self._job_for(request)
         # 4. Pipeline
@@ -216,9 +219,7 @@ class Engine:
         refused is ever stored.
         """
         self._check_prompt_length(request.prompt)
-        tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
-        self._moderate_request(request, tolerance)
-        return tolerance
+        return self._moderate_request(request)
 
     def _sweep_outputs(self) -> None:
         """Delete results older than OUTPUT_TTL from a temporary output folder, at most every few minutes.
@@ -231,11 +232,13 @@ class Engine:
         self._outputs_swept = now
         delete_older_than(self.output_dir, OUTPUT_TTL)
 
-    def _moderate_request(self, request: GenerationRequest, tolerance: int) -> None:
+    def _moderate_request(self, request: GenerationRequest) -> int:
+        tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
         self.moderator.check_prompt(request.prompt, tolerance)
         for index, image in enumerate(request.images):
             field = "image" if len(request.images) == 1 else f"images[{index}]"
             self.moderator.check_reference(image, tolerance, field)
+        return tolerance
 
     def _check_prompt_length(self, prompt: str) -> None:
         tokens = self.count_prompt_tokens(prompt) - self._template_tokens
