@@ -125,9 +125,14 @@ def generate_body_openapi() -> dict[str, Any]:
     }}}
 
 
+def base64_image_limit(limits: Limits) -> int:
+    """The most characters one reference image can take as base64 (a data URI header included)."""
+    return limits.max_image_bytes * 4 // 3 + 1024
+
+
 def json_body_limit(limits: Limits) -> int:
     """The largest JSON body worth reading: every reference image as base64, plus room for the rest."""
-    return limits.max_references * (limits.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
+    return limits.max_references * base64_image_limit(limits) + 1024 * 1024
 
 
 async def read_json_object(request: Request, limit: int) -> dict:
@@ -166,7 +171,7 @@ async def read_generate_body(request: Request, limits: Limits) -> tuple[Generate
 
 
 async def _read_form(request: Request, limits: Limits) -> tuple[GenerateBody, list[bytes]]:
-    per_image = limits.max_image_bytes * 4 // 3 + 1024  # a base64 data URI in a text field
+    per_image = base64_image_limit(limits)  # a base64 data URI in a text field
     try:
         form = await request.form(max_files=64, max_fields=64, max_part_size=per_image * limits.max_references)
     except HTTPException as exc:

@@ -172,10 +172,6 @@ class TermList:
         self.allow_near_minors_re = _alternation(word_views(phrase)[0] for phrase in allow_near_minors)
         self.age_res = tuple(re.compile(pattern) for pattern in age_patterns)
 
-    def matches(self, prompt: str) -> list[Match]:
-        """Every term of the list the prompt contains, as whole words (see scan)."""
-        return self.scan(prompt)[0]
-
     def scan(self, prompt: str) -> tuple[list[Match], list[Match]]:
         """(matches, matches for the minors rule): every term of the list the prompt contains, as whole words.
 
@@ -184,15 +180,19 @@ class TermList:
         phrases of `allow_near_minors` hide anything, so "nude stockings" cannot hide "nude" next to "teen".
         """
         views = word_views(prompt)
-        general = self._match(views, self.allow_re)
-        if not any(self.allow_re.search(view) for view in views):
+        general, any_allowed = self._match(views, self.allow_re)
+        if not any_allowed:
             return general, general  # no allowed phrase: both readings are the same
-        return general, self._match(views, self.allow_near_minors_re)
+        return general, self._match(views, self.allow_near_minors_re)[0]
 
-    def _match(self, views: list[str], allow_re: re.Pattern) -> list[Match]:
+    def _match(self, views: list[str], allow_re: re.Pattern) -> tuple[list[Match], bool]:
+        """The terms found in `views` with `allow_re`'s phrases hiding what lies inside them, and
+        whether any such phrase was found."""
         found: set[Match] = set()
+        any_allowed = False
         for view in views:
             allowed = [m.span(1) for m in allow_re.finditer(view)]
+            any_allowed = any_allowed or bool(allowed)
             phrases = [m for m in self.phrase_re.finditer(view) if not _inside(m.span(1), allowed)]
             for m in phrases:
                 term = m.group(1).replace(f" {BARRIER} ", " ")
@@ -202,7 +202,7 @@ class TermList:
                 key = None if _inside(m.span(), covered) else self._word_key(m.group())
                 if key:
                     found.update(Match(category, severity, key) for category, severity in self.words[key])
-        return sorted(found, key=lambda m: (-m.severity, m.category, m.term))
+        return sorted(found, key=lambda m: (-m.severity, m.category, m.term)), any_allowed
 
     def mentions_minor_age(self, prompt: str) -> bool:
         """An age under 18 written as a number ("12 year old", "aged 15", "16yo")."""

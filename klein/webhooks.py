@@ -60,7 +60,7 @@ class Delivery:
 
 
 class WebhookSender:
-    """A queue of deliveries and the one thread that sends them."""
+    """A queue of deliveries and the SENDERS threads that send them (one task's, one at a time, in order)."""
 
     def __init__(self, secret: str | None, policy: UrlPolicy, attempts: int = 5, backoff: float = 1.0,
                  outbox: "WebhookOutbox | None" = None):
