@@ -13,27 +13,27 @@ from __future__ import annotations
 import logging
 import sys
 
-from klein.config import Settings
+from klein.config import RestSettings, Settings
 from klein.errors import ModelLoadError
-from klein.rest_config import RestSettings
 
 log = logging.getLogger("klein")
 
 
 def create_app(settings: Settings):
     """Build the engine (loading the model once) and the Gradio Blocks over it, with its queue."""
-    from klein.engine import Engine
-    from klein.ui import build_demo
+    from klein.generation.engine import Engine
+    from klein.ui.app import build_demo
 
     engine = Engine.from_settings(settings)
     demo = build_demo(engine)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency_limit)
+    # One lane: every generating event shares one concurrency_id, so one generation runs at a time.
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return engine, demo
 
 
 def create_rest(engine, rest_settings: RestSettings):
     """The REST API over the same engine (one GPU lane shared with the UI)."""
-    from klein.rest import RestApi
+    from klein.rest.api import RestApi
 
     rest = RestApi(engine, rest_settings)
     if not rest.keys:
@@ -43,14 +43,14 @@ def create_rest(engine, rest_settings: RestSettings):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_args(argv)
     try:
+        settings = Settings.from_args(argv)
         rest_settings = RestSettings.from_env(settings.cache_dir)
         engine, demo = create_app(settings)
     except (ModelLoadError, ValueError) as exc:
         log.error("Klein Studio could not start: %s", exc)
         return 2
-    from klein.ui import launch
+    from klein.ui.app import launch
 
     rest = create_rest(engine, rest_settings)
     log.info("REST API docs at http://%s:%s/docs", settings.host, settings.port)

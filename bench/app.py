@@ -116,7 +116,7 @@ def bench_overhead(app: App, cache_dir: str, runs: int) -> None:
     from gradio_client import Client
 
     from klein.config import Settings
-    from klein.engine import Engine
+    from klein.generation.engine import Engine
     from klein.request import GenerationRequest
 
     engine = Engine.from_settings(Settings(model="tiny", cache_dir=Path(cache_dir)))

@@ -41,10 +41,15 @@ def count_on_meta() -> int:
 
 
 def build_full_pipeline(device: str, dtype: torch.dtype):
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from klein.tiny import build_tokenizer
+    from klein.generation.tiny import build_tokenizer
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -61,21 +66,19 @@ def build_full_pipeline(device: str, dtype: torch.dtype):
 
 
 def engine_for(pipe, name: str, device: str, dtype: torch.dtype, prompt_cache_mb: int):
-    from klein import pipeline as pipeline_module
     from klein.config import MODELS, Settings
-    from klein.engine import Engine
-    from klein.pipeline import LoadedModel
+    from klein.generation.engine import Engine
+    from klein.generation.pipeline import LoadedModel, remember
 
     pipe.set_progress_bar_config(disable=True)
     key = (name, device, str(dtype))
     model = LoadedModel(pipe=pipe, spec=MODELS["flux2-klein-4b"], source="random weights", device=device,
                         dtype=dtype, key=key)
-    pipeline_module._cache[key] = model  # run_job finds models by key, as it does for loaded ones
+    remember(model)  # run_job finds models by key, as it does for loaded ones
     return Engine(model, Settings(prompt_cache_mb=prompt_cache_mb))
 
 
 def time_variant(engine, size: int, runs: int, cached: bool) -> tuple[dict[str, float], float]:
-    from klein.engine import _prompt_caches
     from klein.request import GenerationRequest
 
     request = GenerationRequest(prompt="a lighthouse on a cliff at dusk, volumetric light", seed=1,
@@ -86,7 +89,7 @@ def time_variant(engine, size: int, runs: int, cached: bool) -> tuple[dict[str, 
     results = []
     for _ in range(runs):
         if not cached:
-            _prompt_caches[engine.model.key].clear()
+            engine.prompt_cache.clear()
         results.append(engine.generate(request).timings_ms)
     return {stage: statistics.median(r[stage] for r in results) for stage in STAGES}, first_ms
 
@@ -105,8 +108,8 @@ def variants(smoke: bool) -> list[tuple[str, dict]]:
 
 
 def run_table(args) -> None:
-    from klein.pipeline import SpeedUps, apply_speed_ups
-    from klein.tiny import build_tiny_pipeline
+    from klein.generation.pipeline import SpeedUps, apply_speed_ups
+    from klein.generation.tiny import build_tiny_pipeline
 
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.bfloat16

@@ -34,8 +34,8 @@ def main() -> None:
     import httpx
 
     from klein.config import Settings
-    from klein.engine import Engine
-    from klein.pipeline import load_model
+    from klein.generation.engine import Engine
+    from klein.generation.pipeline import load_model
     from klein.request import GenerationRequest
 
     cache_dir = tempfile.mkdtemp(prefix="klein-bench-")

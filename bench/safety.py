@@ -48,8 +48,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
 
-    from klein.nudity import preprocess
-    from klein.safety import Moderator, load_terms
+    from klein.safety.nudity import preprocess
+    from klein.safety.policy import Moderator
+    from klein.safety.terms import load_terms
 
     start = time.perf_counter()
     load_terms()

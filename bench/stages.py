@@ -28,7 +28,7 @@ def main() -> None:
     import torch
 
     from klein.config import Settings
-    from klein.engine import Engine
+    from klein.generation.engine import Engine
     from klein.request import GenerationRequest
 
     out = Path(tempfile.mkdtemp(prefix="klein-bench-"))
@@ -50,10 +50,9 @@ def main() -> None:
 
 def print_prompt_cache(engine, runs: int) -> None:
     """Text encoding of a repeated prompt (cache hit) against a new one (miss), 512x512."""
-    from klein.engine import _prompt_caches
     from klein.request import GenerationRequest
 
-    cache = _prompt_caches[engine.model.key]
+    cache = engine.prompt_cache
     request = GenerationRequest(prompt="a red fox in fresh snow, golden hour", seed=2, width=512, height=512)
     times: dict[str, list[float]] = {"miss": [], "hit": []}
     for _ in range(runs):

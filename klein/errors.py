@@ -1,7 +1,8 @@
 """The errors a user of Klein Studio can see.
 
-Adapters map them: ui.py to gr.Error, rest.py to an HTTP status. Each message is written for the
-person who sent the request, names the field at fault and never carries a traceback or a secret.
+Adapters map them: klein/ui to gr.Error, klein/rest to an HTTP status (with Retry-After for
+QueueFull). Each message is written for the person who sent the request, names the field at
+fault and never carries a traceback or a secret.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class ContentModerated(KleinError):
 
 
 class QueueFull(KleinError):
-    """Too many requests are waiting; try again later."""
+    """Too many requests are waiting; try again in `retry_after` seconds (None: no estimate)."""
 
     http_status = 503
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after

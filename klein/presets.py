@@ -1,11 +1,15 @@
-"""Aspect-ratio presets, the 1k/2k resolution rule and the seed range (pure: no torch).
+"""Aspect-ratio presets, the 1k/2k resolution rule and the parameter table (pure: no torch).
 
-The two preset tables are those of the hosted Klein APIs; both are accepted everywhere.
+The two preset tables are those of the hosted Klein APIs; both are accepted everywhere. PARAMETERS
+holds every request parameter's default, range and description: the UI's controls, the Gradio API
+and MCP descriptions, the REST schemas and GenerationRequest's checks all read it, so a default or
+a limit is written once.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 SIZE_MULTIPLE = 16
 MAX_SIDE = 2048
@@ -76,3 +80,55 @@ def size_matching(reference_size: tuple[int, int], resolution: str) -> tuple[int
 
 def random_seed() -> int:
     return random.SystemRandom().randint(0, SEED_MAX)
+
+
+# --- the parameter table ---------------------------------------------------------------------------
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+# JPEG q95 encodes a 2048x2048 image in ~25 ms on 2 CPU cores; PNG takes ~500 ms (docs/BENCHMARKS.md).
+DEFAULT_OUTPUT_FORMAT = "jpeg"
+MAX_REFERENCES = 4
+MULTI_REFERENCE_MIN = 2
+DISTILLED_MAX_STEPS = 16  # the steps slider's end for distilled models (4 is their default)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One request parameter: its default, its range (numbers) and the description every API shows.
+
+    A default of None means "chosen per request": a random seed, the model's steps and guidance.
+    """
+
+    name: str
+    default: object
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def range_text(self) -> str:
+        return f"{self.minimum:g}..{self.maximum:g}"
+
+
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    Parameter("prompt", "", "what the image should show, or the edit to make."),
+    Parameter("aspect_ratio", "square_1_1", "a preset such as square_1_1, widescreen_16_9, landscape or portrait; "
+              "match_input (edit and multi-reference) keeps the first image's aspect ratio."),
+    Parameter("resolution", "1k", '"1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).'),
+    Parameter("seed", None, f"the seed, 0..{SEED_MAX}; random when not given. The seed used is always returned.",
+              0, SEED_MAX),
+    Parameter("output_format", DEFAULT_OUTPUT_FORMAT, '"jpeg" (default, fastest), "png" or "webp".'),
+    Parameter("width", 1024, f"custom width in pixels, a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE} "
+              "(with height; overrides the preset).", MIN_SIDE, MAX_SIDE),
+    Parameter("height", 1024, f"custom height in pixels, a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE} "
+              "(with width).", MIN_SIDE, MAX_SIDE),
+    Parameter("steps", None, "denoising steps, 1..100 (the model's default: 4 for distilled models, 50 for base "
+              "models).", 1, 100),
+    Parameter("guidance", None, "guidance scale 0..20, used by base models only (default 4).", 0.0, 20.0),
+    Parameter("safety_tolerance", 2, "0 (strictest) to 5 (most permissive), default 2; moderates the prompt, the "
+              "reference images and the result.", 0, 5),
+)}
+SAFETY_TOLERANCE = PARAMETERS["safety_tolerance"]
+STEPS = PARAMETERS["steps"]
+GUIDANCE = PARAMETERS["guidance"]
+DEFAULT_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.default)
+MAX_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.maximum)

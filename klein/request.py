@@ -15,12 +15,15 @@ from PIL import Image
 from . import presets
 from .config import Limits
 from .errors import InvalidRequest
-
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-# JPEG q95 encodes a 2048x2048 image in ~27 ms on 2 CPU cores; PNG takes ~450 ms (docs/BENCHMARKS.md).
-DEFAULT_OUTPUT_FORMAT = "jpeg"
-DEFAULT_SAFETY_TOLERANCE = 2
-MAX_SAFETY_TOLERANCE = 5
+from .presets import (
+    DEFAULT_OUTPUT_FORMAT,
+    DEFAULT_SAFETY_TOLERANCE,
+    GUIDANCE,
+    MAX_REFERENCES,
+    OUTPUT_FORMATS,
+    SAFETY_TOLERANCE,
+    STEPS,
+)
 
 
 class Workflow(str, Enum):
@@ -93,11 +96,7 @@ class GenerationRequest:
             raise InvalidRequest("prompt", "is empty; describe the image you want")
 
     def _check_images(self) -> None:
-        count = len(self.images)
-        if count > self.limits.max_references:
-            raise InvalidRequest(
-                "images", f"{count} reference images given, at most {self.limits.max_references} are supported"
-            )
+        check_reference_count(len(self.images))
         for index, image in enumerate(self.images):
             if not isinstance(image, Image.Image):
                 raise InvalidRequest(f"images[{index}]", f"must be a decoded image, got {type(image).__name__}")
@@ -129,27 +128,33 @@ class GenerationRequest:
             raise InvalidRequest("seed", f"{self.seed} is out of range 0..{presets.SEED_MAX}")
 
     def _check_sampling(self) -> None:
-        lim = self.limits
         if self.steps is not None:
             if isinstance(self.steps, bool) or not isinstance(self.steps, int):
                 raise InvalidRequest("steps", f"must be an integer, got {self.steps!r}")
-            if not lim.min_steps <= self.steps <= lim.max_steps:
-                raise InvalidRequest("steps", f"{self.steps} is out of range {lim.min_steps}..{lim.max_steps}")
+            if not STEPS.minimum <= self.steps <= STEPS.maximum:
+                raise InvalidRequest("steps", f"{self.steps} is out of range {STEPS.range_text()}")
         if self.guidance is not None:
             if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
                 raise InvalidRequest("guidance", f"must be a number, got {self.guidance!r}")
-            if not lim.min_guidance <= self.guidance <= lim.max_guidance:
-                raise InvalidRequest(
-                    "guidance", f"{self.guidance:g} is out of range {lim.min_guidance:g}..{lim.max_guidance:g}"
-                )
-
+            if not GUIDANCE.minimum <= self.guidance <= GUIDANCE.maximum:
+                raise InvalidRequest("guidance", f"{self.guidance:g} is out of range {GUIDANCE.range_text()}")
 
     def _check_safety_tolerance(self) -> None:
         value = self.safety_tolerance
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest("safety_tolerance", f"must be an integer 0..{MAX_SAFETY_TOLERANCE}, got {value!r}")
-        if not 0 <= value <= MAX_SAFETY_TOLERANCE:
-            raise InvalidRequest("safety_tolerance", f"{value} is out of range 0..{MAX_SAFETY_TOLERANCE}")
+            raise InvalidRequest("safety_tolerance", f"must be an integer {SAFETY_TOLERANCE.range_text()}, "
+                                 f"got {value!r}")
+        if not SAFETY_TOLERANCE.minimum <= value <= SAFETY_TOLERANCE.maximum:
+            raise InvalidRequest("safety_tolerance", f"{value} is out of range {SAFETY_TOLERANCE.range_text()}")
+
+
+def check_reference_count(count: int, field: str = "images", minimum: int = 0) -> None:
+    """The one rule for how many reference images a request may have; adapters call it before decoding any."""
+    given = f"{count} reference image{'s' if count != 1 else ''} given"
+    if minimum and not minimum <= count <= MAX_REFERENCES:
+        raise InvalidRequest(field, f"{given}, multi-reference needs {minimum} to {MAX_REFERENCES}")
+    if count > MAX_REFERENCES:
+        raise InvalidRequest(field, f"{given}, at most {MAX_REFERENCES} are supported")
 
 
 def _check_side(name: str, value: int | None) -> None:

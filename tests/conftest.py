@@ -24,7 +24,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(cache_dir):
-    from klein.pipeline import load_model
+    from klein.generation.pipeline import load_model
 
     return load_model("tiny", cache_dir)
 
@@ -32,7 +32,7 @@ def tiny_model(cache_dir):
 @pytest.fixture(scope="session")
 def engine(tiny_model, tmp_path_factory):
     from klein.config import Settings
-    from klein.engine import Engine
+    from klein.generation.engine import Engine
 
     settings = Settings(model="tiny", cache_dir=tiny_model.source, output_dir=tmp_path_factory.mktemp("outputs"))
     return Engine(tiny_model, settings, "test")

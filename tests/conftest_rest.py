@@ -20,8 +20,8 @@ from typing import Self
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from klein.rest import RestApi
-from klein.rest_config import RestSettings
+from klein.config import RestSettings
+from klein.rest.api import RestApi
 
 KEY, OTHER_KEY = "test-key-1", "test-key-2"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -1,7 +1,8 @@
 import pytest
 from PIL import Image
 
-from klein.encode import a1111_parameters, encode_image, read_metadata, write_image
+from klein.output.encode import a1111_parameters, encode_image, read_metadata
+from klein.output.files import write_image
 
 META = {"prompt": "a fox in snow — ünïcode", "seed": 42, "model": "tiny", "width": 128, "height": 96,
         "steps": 4, "guidance": 1.0, "workflow": "text_to_image", "references": 0}
@@ -41,7 +42,7 @@ def test_image_without_metadata():
 def test_settings_from_a_klein_image_and_an_a1111_png(tmp_path):
     from PIL import PngImagePlugin
 
-    from klein.encode import settings_from_image
+    from klein.output.encode import settings_from_image
 
     klein_file = write_image(encode_image(Image.new("RGB", (64, 64)), "webp", META), "webp", tmp_path)
     assert settings_from_image(klein_file)["seed"] == 42
@@ -57,7 +58,7 @@ def test_settings_from_a_klein_image_and_an_a1111_png(tmp_path):
 
 
 def test_a1111_jpeg_user_comment_in_utf16(tmp_path):
-    from klein.encode import EXIF_IFD, EXIF_USER_COMMENT, settings_from_image
+    from klein.output.encode import EXIF_IFD, EXIF_USER_COMMENT, settings_from_image
 
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\x00" + "a fox\nSteps: 4, Seed: 7, Size: 64x64".encode(
@@ -68,7 +69,7 @@ def test_a1111_jpeg_user_comment_in_utf16(tmp_path):
 
 
 def test_image_without_any_settings(tmp_path):
-    from klein.encode import settings_from_image
+    from klein.output.encode import settings_from_image
 
     path = tmp_path / "plain.png"
     Image.new("RGB", (64, 64)).save(path)

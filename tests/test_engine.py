@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from klein.encode import read_metadata
 from klein.errors import InvalidRequest
+from klein.output.encode import read_metadata
 from klein.request import GenerationRequest, Workflow
 from tests.conftest import make_image
 
@@ -141,11 +141,11 @@ def test_default_output_format_is_jpeg(engine):
 
 
 def test_zero_gpu_reservation_grows_with_the_work(engine):
-    from klein.engine import GPU_SECONDS_CAP, _gpu_seconds, _Job
+    from klein.generation.job import GPU_SECONDS_CAP, Job, gpu_seconds
 
     def seconds(scale=1.0, size=1024, steps=4, references=0):
         refs = tuple(Image.new("RGB", (64, 64)) for _ in range(references))
-        return _gpu_seconds(_Job(("m", "cuda", "bf16"), "x", refs, size, size, steps, 1.0, 0, model_scale=scale))
+        return gpu_seconds(Job(("m", "cuda", "bf16"), "x", refs, size, size, steps, 1.0, 0, model_scale=scale))
 
     base = seconds()
     assert 10 < base < 30
@@ -159,21 +159,18 @@ def test_a_temporary_output_folder_is_swept_of_old_results(tiny_model, monkeypat
     import os
     import time
 
-    from klein import engine as engine_module
     from klein.config import Settings
-    from klein.engine import Engine
+    from klein.generation.engine import Engine
+    from klein.output import files
+    from klein.safety.policy import Moderator
 
-    from klein.safety import Moderator
-
-    saved_cache = engine_module._prompt_caches[tiny_model.key]  # shared with the session's engine
-    monkeypatch.setitem(engine_module._prompt_caches, tiny_model.key, saved_cache)
     temporary = Engine(tiny_model, Settings(model="tiny"), moderator=Moderator(image_moderation=False))
     # no --output-dir: a temp folder
     old, fresh = temporary.output_dir / "old.jpg", temporary.output_dir / "fresh.jpg"
     old.write_bytes(b"x"), fresh.write_bytes(b"x")
-    two_days_ago = time.time() - 2 * engine_module.OUTPUT_TTL
+    two_days_ago = time.time() - 2 * files.OUTPUT_TTL
     os.utime(old, (two_days_ago, two_days_ago))
-    monkeypatch.setattr(engine_module, "SWEEP_EVERY", 0)
+    monkeypatch.setattr(files, "SWEEP_EVERY", 0)
     result = temporary.generate(GenerationRequest(prompt="x", **SMALL))
     assert not old.exists() and fresh.exists() and result.path.exists()
 
@@ -181,11 +178,11 @@ def test_a_temporary_output_folder_is_swept_of_old_results(tiny_model, monkeypat
 def test_a_chosen_output_folder_is_never_swept(engine, monkeypatch):
     import os
 
-    from klein import engine as engine_module
+    from klein.output import files
 
     kept = engine.output_dir / "kept.jpg"
     kept.write_bytes(b"x")
     os.utime(kept, (0, 0))
-    monkeypatch.setattr(engine_module, "SWEEP_EVERY", 0)
+    monkeypatch.setattr(files, "SWEEP_EVERY", 0)
     engine.generate(GenerationRequest(prompt="x", **SMALL))
     assert kept.exists()

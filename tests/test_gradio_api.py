@@ -5,7 +5,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from klein.encode import read_metadata
+from klein.output.encode import read_metadata
 
 SMALL = dict(custom_size=True, width=256, height=192)
 

@@ -30,7 +30,7 @@ def header_only_png(path, width: int, height: int) -> str:
 @pytest.fixture(scope="module")
 def in_process_app(engine):
     """The demo over the shared engine, launched in this process so a test can make the engine fail."""
-    from klein.ui import build_demo
+    from klein.ui.app import build_demo
 
     demo = build_demo(engine)
     demo.queue()

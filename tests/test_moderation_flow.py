@@ -6,11 +6,11 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from klein.engine import Engine, _prompt_caches
 from klein.errors import ContentModerated, RequestModerated
-from klein.nudity import Detection
+from klein.generation.engine import Engine
 from klein.request import GenerationRequest
-from klein.safety import Moderator
+from klein.safety.nudity import Detection
+from klein.safety.policy import Moderator
 from tests.conftest import make_image
 
 SMALL = dict(width=128, height=96)
@@ -36,7 +36,7 @@ def test_refused_prompt_is_not_generated_written_or_cached(engine):
     with pytest.raises(RequestModerated, match="^Request moderated: the prompt matched category sexual"):
         engine.generate(GenerationRequest(prompt="explicit porn scene", **SMALL))
     assert files_in(engine) == before
-    assert _prompt_caches[engine.model.key].get("explicit porn scene") is None
+    assert engine.prompt_cache.get("explicit porn scene") is None
 
 
 def test_tolerance_changes_the_outcome(engine):

@@ -9,9 +9,9 @@ import torch
 from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
 from transformers import Qwen3ForCausalLM
 
-from klein import tiny
 from klein.errors import ModelLoadError
-from klein.pipeline import load_model
+from klein.generation import tiny
+from klein.generation.pipeline import load_model
 
 
 def test_tiny_uses_the_real_component_classes(tiny_model):

@@ -1,6 +1,6 @@
 import torch
 
-from klein.prompt_cache import PromptCache
+from klein.generation.prompt_cache import PromptCache
 
 
 def embedding(value: float, tokens: int = 4) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The README's curl examples, run as written against `KLEIN_API_KEYS=dev-key python app.py --model tiny`.
+"""The curl examples of the README's REST section and of docs/rest.md, run as written against
+`KLEIN_API_KEYS=dev-key python app.py --model tiny`.
 
 Only the address (the test's free port) and TASK_ID (the task the example before it created) are
 filled in; each command runs in bash, from a folder where assets/ is the repository's.
@@ -23,8 +24,10 @@ EXPECTED_FILES = {"lighthouse.png": ("PNG", (512, 512)), "combined.jpg": ("JPEG"
 
 
 def readme_examples() -> list[tuple[str, str | None]]:
-    """(command, the `# ...` comment under it or None) for each curl line of the REST section."""
+    """(command, the `# ...` comment under it or None) for each curl line of the README's REST section,
+    then of docs/rest.md."""
     section = ROOT.joinpath("README.md").read_text().split("## REST API", 1)[1].split("\n## ", 1)[0]
+    section += ROOT.joinpath("docs", "rest.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     examples = []
@@ -76,7 +79,7 @@ def check_against_comment(output: str, comment: str) -> None:
 
 def test_the_readme_has_the_examples_this_test_runs():
     commands = [command for command, _ in readme_examples()]
-    assert len(commands) == 8 and all(README_URL in command for command in commands)
+    assert len(commands) == 9 and all(README_URL in command for command in commands)
 
 
 def test_every_curl_example_works_as_written(app):

@@ -16,7 +16,7 @@ from conftest import ROOT, free_port, wait_for_server
 from conftest_rest import SECRET, TASKS, Loopback
 from PIL import Image
 
-from klein.webhooks import verify
+from klein.rest.webhooks import verify
 
 KEY = "e2e-key"
 AUTH = {"x-freepik-api-key": KEY}

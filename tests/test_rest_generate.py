@@ -260,7 +260,8 @@ def test_a_client_that_disconnects_cancels_its_generation(engine, tmp_path, monk
     from conftest import free_port
 
     from klein.errors import GenerationCancelled
-    from klein.rest import DISCONNECT_POLL, RestApi
+    from klein.rest.api import RestApi
+    from klein.rest.routes import DISCONNECT_POLL
 
     first_step, closed, outcome = threading.Event(), threading.Event(), {}
     real_generate = engine.generate

@@ -10,7 +10,7 @@ from conftest_rest import AUTH, SMALL, Loopback, make_client, png_bytes, rest_se
 
 from klein.config import Limits
 from klein.errors import InvalidRequest
-from klein.remote import UrlPolicy, check_url, fetch_bytes, is_public
+from klein.rest.remote import UrlPolicy, check_url, fetch_bytes, is_public
 
 GEN = "/v1/generate"
 IMAGE = png_bytes()
@@ -116,7 +116,7 @@ def test_check_url_refuses(url, message):
 
 def test_redirect_to_a_private_address_is_refused_at_each_hop(server, monkeypatch):
     # Pretend 127.0.0.1 is public so the first hop passes; the redirect to 127.0.0.2 must be checked again.
-    monkeypatch.setattr("klein.remote.is_public", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr("klein.rest.remote.is_public", lambda address: address == "127.0.0.1")
     port = server.url.rsplit(":", 1)[1]
     policy = UrlPolicy(allow_private=False)
     assert fetch_bytes(f"{server.url}/image.png", "f", policy, max_bytes=10_000) == IMAGE
@@ -140,7 +140,7 @@ def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header():
 def test_a_slow_dns_lookup_is_refused_at_the_timeout(monkeypatch):
     import time
 
-    monkeypatch.setattr("klein.remote.socket.getaddrinfo", lambda *args, **kwargs: time.sleep(1))
+    monkeypatch.setattr("klein.rest.remote.socket.getaddrinfo", lambda *args, **kwargs: time.sleep(1))
     started = time.monotonic()
     with pytest.raises(InvalidRequest, match="image_uris\\[0\\]: 'http://slow.example/x.png': looking up"):
         check_url("http://slow.example/x.png", "image_uris[0]", UrlPolicy(timeout=0.3))

@@ -23,8 +23,8 @@ from conftest_rest import (
 )
 from PIL import Image
 
-from klein.tasks import IN_PROGRESS
-from klein.webhooks import verify
+from klein.rest.tasks import IN_PROGRESS
+from klein.rest.webhooks import verify
 
 
 @pytest.fixture(scope="module")

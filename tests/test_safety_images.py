@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from klein.errors import ContentModerated, RequestModerated
-from klein.nudity import Detection, NudeNetDetector, decode, nms, preprocess
-from klein.safety import MAX_TOLERANCE, Moderator, moderator_from_env
+from klein.safety.nudity import Detection, NudeNetDetector, decode, nms, preprocess
+from klein.safety.policy import MAX_TOLERANCE, Moderator, moderator_from_env
 
 SKIN, SHADE, NIPPLE = (224, 172, 140), (190, 130, 100), (170, 95, 85)
 
@@ -135,7 +135,7 @@ def test_reference_message_names_the_field(moderator):
 
 
 def test_tolerance_5_logs_what_it_lets_through(moderator, caplog):
-    with caplog.at_level(logging.INFO, logger="klein.safety"):
+    with caplog.at_level(logging.INFO, logger="klein.safety.policy"):
         moderator.check_output(drawn_torso(), 5)
     assert any(r.levelno == logging.WARNING and "FEMALE_BREAST_EXPOSED" in r.getMessage() for r in caplog.records)
 
@@ -231,7 +231,7 @@ def test_matches_nudenets_own_pipeline(detector, tmp_path):
 
 
 def test_checking_an_image_does_not_import_cv2():
-    code = ("import sys; from PIL import Image; from klein.safety import moderator_from_env; "
+    code = ("import sys; from PIL import Image; from klein.safety.policy import moderator_from_env; "
             "moderator_from_env({}).check_output(Image.new('RGB', (1024, 1024), 'white'), 2); "
             "assert 'cv2' not in sys.modules and 'nudenet' not in sys.modules and 'torch' not in sys.modules; "
             "print('ok')")

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from klein.errors import RequestModerated
-from klein.safety import MAX_TOLERANCE, POLICY, TERMS_PATH, Moderator, load_terms, word_views
+from klein.safety.policy import MAX_TOLERANCE, POLICY, Moderator
+from klein.safety.terms import TERMS_PATH, load_terms, word_views
 
 NEVER = MAX_TOLERANCE + 1  # refused at every tolerance
 
@@ -258,7 +259,7 @@ def test_minors_alone_and_ages_alone_pass(moderator):
 
 def test_tolerance_5_logs_what_it_lets_through(moderator, caplog):
     prompt = "a porn still, the secret word is swordfish"
-    with caplog.at_level(logging.INFO, logger="klein.safety"):
+    with caplog.at_level(logging.INFO, logger="klein.safety.policy"):
         moderator.check_prompt(prompt, 5)
     records = [r for r in caplog.records if "let through" in r.getMessage()]
     assert records and records[0].levelno == logging.WARNING
@@ -267,7 +268,7 @@ def test_tolerance_5_logs_what_it_lets_through(moderator, caplog):
 
 
 def test_refusal_log_names_term_not_prompt(moderator, caplog):
-    with caplog.at_level(logging.INFO, logger="klein.safety"), pytest.raises(RequestModerated):
+    with caplog.at_level(logging.INFO, logger="klein.safety.policy"), pytest.raises(RequestModerated):
         moderator.check_prompt("gore, the secret word is swordfish", 0)
     assert "'gore'" in caplog.text and "swordfish" not in caplog.text
 
@@ -281,9 +282,21 @@ def test_cap_clamps_the_requested_tolerance():
 
 
 @pytest.mark.parametrize("bad", [-1, 6, 2.0, True, "2"])
-def test_invalid_tolerance_is_a_value_error(moderator, bad):
-    with pytest.raises(ValueError):
-        moderator.effective_tolerance(bad)
+def test_an_invalid_tolerance_is_refused_once_by_the_request_naming_the_field(bad):
+    """The tolerance is validated in GenerationRequest, before any moderation call sees it."""
+    from klein.errors import InvalidRequest
+    from klein.request import GenerationRequest
+
+    with pytest.raises(InvalidRequest, match="^safety_tolerance: "):
+        GenerationRequest(prompt="a fox", safety_tolerance=bad)
+
+
+def test_the_moderator_clamps_to_the_deployment_cap(moderator):
+    capped = Moderator(max_tolerance=1, image_moderation=False)
+    assert [capped.effective_tolerance(t) for t in range(6)] == [0, 1, 1, 1, 1, 1]
+    assert [moderator.effective_tolerance(t) for t in range(6)] == list(range(6))
+    with pytest.raises(RequestModerated, match="tolerance 1"):  # a request for 5 is held to the cap
+        capped.check_prompt("a gory zombie feast", 5)
 
 
 def test_policy_is_monotone():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from klein.errors import InvalidRequest
-from klein.ui_state import custom_side, mcp_gallery_schema, settings_to_restore
+from klein.ui.mcp import mcp_gallery_schema
+from klein.ui.state import custom_side, settings_to_restore
 
 
 def restore(settings, max_steps=16, max_tolerance=5, with_match_input=False):
@@ -67,7 +68,7 @@ def test_mcp_gallery_schema_flattens_the_gallery_and_places_its_files():
 
 
 def test_cancel_flags_are_per_session_and_cleared_when_done():
-    from klein.ui_state import Cancellations
+    from klein.ui.state import Cancellations
 
     flags = Cancellations()
     mine, theirs = flags.start("me"), flags.start("you")
@@ -80,7 +81,7 @@ def test_cancel_flags_are_per_session_and_cleared_when_done():
 
 def test_control_values_become_a_request():
     from klein.config import Limits
-    from klein.ui_state import request_from_controls
+    from klein.ui.state import request_from_controls
 
     request = request_from_controls((), "a fox", "landscape", "1k", 42.0, False, "png", True, 512.0, 256.0, 4.0, 3.5,
                                     2.0, distilled=True, limits=Limits())

@@ -9,8 +9,8 @@ import time
 import pytest
 from conftest_rest import SECRET, Loopback
 
-from klein.remote import UrlPolicy
-from klein.webhooks import Delivery, WebhookSender, verify
+from klein.rest.remote import UrlPolicy
+from klein.rest.webhooks import Delivery, WebhookSender, verify
 
 
 @pytest.mark.parametrize("attempt,delay", [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0)])
@@ -69,7 +69,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 
 def test_pending_deliveries_survive_a_restart_in_order(tmp_path):
-    from klein.tasks import WebhookOutbox
+    from klein.rest.webhooks import WebhookOutbox
 
     database = tmp_path / "tasks.db"
     policy = UrlPolicy(allow_private=True, timeout=3)

@@ -6,35 +6,34 @@ chosen here when the request has none and is always returned.
 
 from __future__ import annotations
 
-import spaces  # noqa: I001 - on ZeroGPU Spaces this must be imported before torch touches CUDA
+# isort: off
+import spaces  # noqa: F401 - on ZeroGPU Spaces it must be imported before torch touches CUDA
+# isort: on
 
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
 
-from . import presets
-from .config import Settings, choose_model, on_zero_gpu
-from .encode import MIME_TYPES, delete_older_than, encode_image, temporary_folder, write_image
-from .errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
-from .pipeline import LoadedModel, SpeedUps, cached_model, load_model
+from .. import presets
+from ..config import Settings, choose_model, on_zero_gpu
+from ..errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
+from ..output.encode import MIME_TYPES, encode_image
+from ..output.files import OutputFolder
+from ..request import GenerationRequest, Workflow
+from ..safety.policy import Moderator
+from .job import Job, ProgressCallback, ms_since, run_job
+from .pipeline import LoadedModel, SpeedUps, load_model
 from .prompt_cache import PromptCache
-from .request import GenerationRequest, Workflow
-from .safety import Moderator, moderator_from_env
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
-OUTPUT_TTL = 24 * 3600  # seconds a result stays in a temporary output folder
-SWEEP_EVERY = 600
 MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat template included
-# One prompt-embedding cache per loaded model; module-level so a ZeroGPU worker (a fork) has it too.
-_prompt_caches: dict[tuple[str, str, str], PromptCache] = {}
+FOUR_B_PARAMETERS = 3.88e9  # flux2-klein-4b's transformer (bench/gpu.py checks the count)
 
 
 @dataclass
@@ -73,21 +72,6 @@ class GenerationResult:
         }
 
 
-@dataclass(frozen=True)
-class _Job:
-    """What one pipeline call needs; plain data, so ZeroGPU can pickle it into its GPU worker."""
-
-    model_key: tuple[str, str, str]
-    prompt: str
-    images: tuple[Image.Image, ...]
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int
-    model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
-
-
 class Engine:
     """Turns requests into images with one cached pipeline, one generation at a time."""
 
@@ -96,11 +80,11 @@ class Engine:
         self.model = model
         self.settings = settings or Settings()
         self.model_reason = model_reason
-        self.moderator = moderator if moderator is not None else moderator_from_env()
-        self.output_dir = self.settings.output_dir or temporary_folder("klein-studio-")
-        self._outputs_swept = time.monotonic()
+        self.moderator = moderator if moderator is not None else Moderator(
+            self.settings.max_safety_tolerance, self.settings.image_moderation)
+        self.outputs = OutputFolder(self.settings.output_dir)
         self._lane = threading.Lock()
-        _prompt_caches[model.key] = PromptCache(self.settings.prompt_cache_mb * 1024 * 1024)
+        model.prompt_cache.resize(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")
         self._model_scale = max(1.0, sum(p.numel() for p in model.pipe.transformer.parameters()) / FOUR_B_PARAMETERS)
 
@@ -117,6 +101,15 @@ class Engine:
     @property
     def limits(self):
         return self.settings.limits
+
+    @property
+    def output_dir(self) -> Path:
+        return self.outputs.path
+
+    @property
+    def prompt_cache(self) -> PromptCache:
+        """The loaded model's prompt-embedding cache (sized by --prompt-cache-mb)."""
+        return self.model.prompt_cache
 
     @property
     def prompt_token_limit(self) -> int:
@@ -156,7 +149,7 @@ class Engine:
         # 2. Request moderation
         t0 = time.perf_counter()
         tolerance = self._moderate_request(request)
-        safety_ms = _ms_since(t0)
+        safety_ms = ms_since(t0)
         # 3. Parameters
         job = self._job_for(request)
         # 4. Pipeline
@@ -171,7 +164,7 @@ class Engine:
         # 5. Content moderation
         t0 = time.perf_counter()
         self.moderator.check_output(image, tolerance)
-        timings["safety"] = round(safety_ms + _ms_since(t0), 2)
+        timings["safety"] = round(safety_ms + ms_since(t0), 2)
         # 6. Encode
         t0 = time.perf_counter()
         meta = {
@@ -192,10 +185,9 @@ class Engine:
         data = encode_image(image, request.output_format, meta)
         path = None
         if keep_file:
-            path = write_image(data, request.output_format, self.output_dir, stem=f"klein-{job.seed}")
-            self._sweep_outputs()
-        timings["encode"] = _ms_since(t0)
-        timings["total"] = _ms_since(started)
+            path = self.outputs.write(data, request.output_format, stem=f"klein-{job.seed}")
+        timings["encode"] = ms_since(t0)
+        timings["total"] = ms_since(started)
         return GenerationResult(
             image=image,
             data=data,
@@ -221,17 +213,6 @@ class Engine:
         self._check_prompt_length(request.prompt)
         return self._moderate_request(request)
 
-    def _sweep_outputs(self) -> None:
-        """Delete results older than OUTPUT_TTL from a temporary output folder, at most every few minutes.
-
-        A folder given with --output-dir is the user's and is never swept.
-        """
-        now = time.monotonic()
-        if self.settings.output_dir is not None or now - self._outputs_swept < SWEEP_EVERY:
-            return
-        self._outputs_swept = now
-        delete_older_than(self.output_dir, OUTPUT_TTL)
-
     def _moderate_request(self, request: GenerationRequest) -> int:
         tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
         self.moderator.check_prompt(request.prompt, tolerance)
@@ -249,10 +230,10 @@ class Engine:
                 f"of prompt ({len(prompt)} characters given). Shorten it.",
             )
 
-    def _job_for(self, request: GenerationRequest) -> _Job:
+    def _job_for(self, request: GenerationRequest) -> Job:
         width, height = request.output_size()
         spec = self.model.spec
-        return _Job(
+        return Job(
             model_key=self.model.key,
             prompt=request.prompt,
             images=request.images,
@@ -264,7 +245,7 @@ class Engine:
             model_scale=self._model_scale,
         )
 
-    def _run(self, job: _Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
+    def _run(self, job: Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
         try:
             # Callbacks do not pickle into a ZeroGPU worker: there the UI shows no step progress, and
             # Cancel or the deadline stop a job only before it reaches the GPU.
@@ -272,7 +253,8 @@ class Engine:
         except KleinError:
             raise
         except torch.OutOfMemoryError:
-            _free_memory()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             raise GenerationError(
                 f"Out of memory generating {job.width}x{job.height}; try a smaller size or fewer reference images."
             ) from None
@@ -308,83 +290,3 @@ class _StepHook:
         self.stop()
         if self.progress is not None:
             self.progress(step, total)
-
-
-GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
-FOUR_B_PARAMETERS = 3.88e9  # flux2-klein-4b's transformer (bench/gpu.py checks the count)
-
-
-def _gpu_seconds(job: _Job, progress: ProgressCallback | None = None) -> int:
-    """ZeroGPU time to reserve: grows with pixels, steps, reference count and model size.
-
-    About 1.5 s per step-megapixel for a 4B model (a generous multiple of an H100's ~0.1 s, since a
-    ZeroGPU slice is shared and the first call also moves weights), in proportion for larger ones; each reference
-    adds tokens the transformer attends to; 10 s covers text encoding and the VAE.
-    """
-    megapixels = job.width * job.height / 1e6
-    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale
-    return int(min(GPU_SECONDS_CAP, 10 + 1.5 * work))
-
-
-@spaces.GPU(duration=_gpu_seconds)
-def run_job(job: _Job, progress: ProgressCallback | None = None) -> tuple[Image.Image, dict[str, float]]:
-    """Run the pipeline for one job, timing its stages (milliseconds)."""
-    model = cached_model(job.model_key)
-    pipe = model.pipe
-    timings: dict[str, float] = {}
-    generator = torch.Generator(device="cpu").manual_seed(job.seed)
-
-    t0 = time.perf_counter()
-    prompt_embeds = encode_prompt_cached(model, job.prompt)
-    timings["text_encode"] = _ms_since(t0, model.device)
-
-    def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
-        if progress is not None:
-            progress(step + 1, job.steps)
-        return callback_kwargs
-
-    t0 = time.perf_counter()
-    latents = pipe(
-        image=list(job.images) or None,
-        prompt_embeds=prompt_embeds,
-        height=job.height,
-        width=job.width,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance,
-        generator=generator,
-        output_type="latent",
-        callback_on_step_end=on_step_end,
-    ).images
-    timings["denoise"] = _ms_since(t0, model.device)
-
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
-    timings["vae_decode"] = _ms_since(t0, model.device)
-    return image, timings
-
-
-def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
-    """The prompt's embeddings, from the cache when this model has seen the prompt before.
-
-    Passing cached embeddings back to the pipeline gives bit-identical images (DESIGN.md).
-    """
-    cache = _prompt_caches.get(model.key)
-    embeds = cache.get(prompt) if cache is not None else None
-    if embeds is None:
-        embeds, _ = model.pipe.encode_prompt(prompt=prompt, device=model.pipe._execution_device)
-        if cache is not None:
-            cache.put(prompt, embeds)
-    return embeds
-
-
-def _ms_since(t0: float, device: str = "cpu") -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return round((time.perf_counter() - t0) * 1000, 2)
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from .config import Limits
-from .errors import InvalidRequest
-from .images import decode_base64, load_reference
+from ..config import Limits
+from ..errors import InvalidRequest
+from ..images import decode_base64, load_reference
 
 REDIRECTS = (301, 302, 303, 307, 308)
 

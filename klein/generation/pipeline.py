@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import Flux2KleinPipeline
 
+from ..config import MODELS, TINY, ModelSpec
+from ..errors import ModelLoadError
 from . import tiny
-from .config import MODELS, TINY, ModelSpec
-from .errors import ModelLoadError
+from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class LoadedModel:
     dtype: torch.dtype
 
     key: tuple[str, str, str]
+    # Owned by the model, not by an engine: embeddings belong to this text encoder, and a ZeroGPU
+    # worker (a fork) finds them through cached_model(key). The engine sets its size.
+    prompt_cache: PromptCache = field(default_factory=lambda: PromptCache(0))
 
     @property
     def is_tiny(self) -> bool:
@@ -98,6 +102,12 @@ def apply_speed_ups(pipe: Flux2KleinPipeline, speed_ups: SpeedUps) -> None:
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
 
 
+def remember(model: LoadedModel) -> None:
+    """Keep a model built elsewhere (bench/gpu.py's random-weight 4B) where run_job finds it, by its key."""
+    with _cache_lock:
+        _cache[model.key] = model
+
+
 def cached_model(key: tuple[str, str, str]) -> LoadedModel:
     """The model loaded under `key` (how the GPU worker finds it without pickling it)."""
     return _cache[key]
@@ -149,8 +159,8 @@ def _source_for(model: str, cache_dir: Path) -> str:
 
 
 def _spec_for(model: str, pipe: Flux2KleinPipeline) -> ModelSpec:
+    """The model table's row; for a hub id or folder, one built from the pipeline's own is_distilled."""
     if model in MODELS:
         return MODELS[model]
     distilled = bool(pipe.config.get("is_distilled", False))
-    steps, guidance = (4, 1.0) if distilled else (50, 4.0)
-    return ModelSpec(name=model, hub_id=model, steps=steps, guidance=guidance, licence="see the model card")
+    return ModelSpec(name=model, hub_id=model, distilled=distilled, licence="see the model card")

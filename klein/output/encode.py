@@ -1,4 +1,4 @@
-"""Encode a generated image once, to a file with its generation parameters embedded (pure: PIL).
+"""Encode a generated image once, with its generation parameters embedded, and read them back (pure: PIL).
 
 PNG gets text chunks (an A1111-style "parameters" line and a "klein" JSON record); JPEG and WebP
 get EXIF (ImageDescription, Software, UserComment with the JSON record). Settings favour speed:
@@ -7,20 +7,15 @@ encoding can cost more than a GPU generation.
 
 from __future__ import annotations
 
-import atexit
 import io
 import json
 import re
-import shutil
-import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from . import __version__
+from .. import __version__
 
 SOFTWARE = f"Klein Studio {__version__}"
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -72,34 +67,6 @@ def encode_image(image: Image.Image, output_format: str, meta: dict[str, Any]) -
     else:
         raise ValueError(f"unknown output format {output_format!r}")
     return buffer.getvalue()
-
-
-def write_image(data: bytes, output_format: str, directory: Path, stem: str = "klein") -> Path:
-    """Write encoded bytes to a new file in `directory` (unique name) and return its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{stem}-{uuid.uuid4().hex[:12]}.{EXTENSIONS[output_format]}"
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
-
-
-def temporary_folder(prefix: str) -> Path:
-    """A fresh folder, removed with what it holds when the process exits."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-def delete_older_than(folder: Path, seconds: float) -> None:
-    """Delete the files in `folder` last modified more than `seconds` ago."""
-    cutoff = time.time() - seconds
-    for path in folder.iterdir():
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except OSError:
-            pass  # gone already, or in use: the next sweep tries again
 
 
 def read_metadata(source: str | Path | Image.Image) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ Each delivery is a POST of the task's JSON with
 A failure (connection error, timeout, non-2xx) is retried after backoff, 2 x backoff, 4 x backoff...
 up to `attempts` tries. Deliveries for one task keep their order: a later status waits for the
 earlier one to be delivered or given up. A few sender threads share the work, so a slow receiver
-holds up only its own task's deliveries. With an outbox (tasks.WebhookOutbox, in the task database) every
+holds up only its own task's deliveries. With an outbox (WebhookOutbox, a table in the task database) every
 pending delivery is written down before it is queued and crossed off when delivered or given up,
 so a restart sends what a crash left pending, in order.
 """
@@ -22,15 +22,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import httpx
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 from .remote import UrlPolicy, check_url
-
-if TYPE_CHECKING:
-    from .tasks import WebhookOutbox
+from .store import connect
 
 log = logging.getLogger(__name__)
 SENDERS = 4  # deliveries in flight at once; one task's deliveries are never sent in parallel
@@ -59,11 +57,45 @@ class Delivery:
     outbox_id: int | None = None
 
 
+class WebhookOutbox:
+    """Pending deliveries on disk, so a crash loses none of them (a table in the task database)."""
+
+    def __init__(self, path: Path):
+        self._lock = threading.Lock()
+        self._db = connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS webhook_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "task_id TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, attempt INTEGER NOT NULL)")
+
+    def add(self, delivery: Delivery) -> int:
+        with self._lock, self._db:
+            cursor = self._db.execute("INSERT INTO webhook_outbox (task_id, url, body, attempt) VALUES (?, ?, ?, ?)",
+                                      (delivery.key, delivery.url, delivery.body, delivery.attempt))
+            return int(cursor.lastrowid)
+
+    def attempted(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("UPDATE webhook_outbox SET attempt = ? WHERE id = ?", (delivery.attempt, delivery.outbox_id))
+
+    def done(self, delivery: Delivery) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM webhook_outbox WHERE id = ?", (delivery.outbox_id,))
+
+    def pending(self) -> list[Delivery]:
+        """What a previous run left undelivered, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, task_id, url, body, attempt FROM webhook_outbox ORDER BY id").fetchall()
+        return [Delivery(url, bytes(body), key, attempt, outbox_id=row_id) for row_id, key, url, body, attempt in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class WebhookSender:
     """A queue of deliveries and the SENDERS threads that send them (one task's, one at a time, in order)."""
 
     def __init__(self, secret: str | None, policy: UrlPolicy, attempts: int = 5, backoff: float = 1.0,
-                 outbox: "WebhookOutbox | None" = None):
+                 outbox: WebhookOutbox | None = None):
         self._secret = secret
         self._outbox = outbox
         self.policy, self.attempts, self.backoff = policy, max(1, attempts), backoff

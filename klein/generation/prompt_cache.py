@@ -48,9 +48,18 @@ class PromptCache:
                 self._bytes -= tensor_bytes(self._items.pop(key))
             self._items[key] = value
             self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= tensor_bytes(evicted)
+            self._evict_past_cap()
+
+    def resize(self, max_bytes: int) -> None:
+        """Change the cap, evicting the least recently used entries past it."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict_past_cap()
+
+    def _evict_past_cap(self) -> None:
+        while self._bytes > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self._bytes -= tensor_bytes(evicted)
 
     def clear(self) -> None:
         with self._lock:

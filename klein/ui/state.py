@@ -1,66 +1,27 @@
-"""The UI's state and input conversions that need no Gradio (pure): a tab's controls, cancel flags,
-history entries, settings to restore, slider and gallery values, the MCP gallery schema."""
+"""The UI's state and input conversions that need no Gradio (pure): the settings' names, cancel flags,
+history entries, settings to restore, slider and gallery values."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import presets
-from .encode import settings_from_image
-from .errors import InvalidRequest
-from .config import Limits
-from .request import MAX_SAFETY_TOLERANCE, OUTPUT_FORMATS, GenerationRequest
+from .. import presets
+from ..config import Limits
+from ..errors import InvalidRequest
+from ..output.encode import settings_from_image
+from ..presets import GUIDANCE, OUTPUT_FORMATS, SAFETY_TOLERANCE, STEPS
+from ..request import GenerationRequest
 
 HISTORY_LIMIT = 48
 
 
-@dataclass
-class TabControls:
-    """The components of one workflow tab."""
-
-    workflow: str
-    reference: Any
-    prompt: Any
-    aspect_ratio: Any
-    resolution: Any
-    seed: Any
-    randomize_seed: Any
-    output_format: Any
-    custom_size: Any
-    width: Any
-    height: Any
-    steps: Any
-    guidance: Any
-    safety_tolerance: Any
-    generate: Any
-    cancel: Any
-    result: Any
-    seed_used: Any
-    reuse_seed: Any
-    to_edit: Any
-    to_multi: Any
-    info: Any
-
-    def inputs(self) -> list:
-        """The endpoint's inputs, in the order of its API parameters."""
-        settings = [self.prompt, self.aspect_ratio, self.resolution, self.seed, self.randomize_seed,
-                    self.output_format, self.custom_size, self.width, self.height, self.steps, self.guidance,
-                    self.safety_tolerance]
-        return ([self.reference] if self.reference is not None else []) + settings
-
-    def restorable(self) -> list:
-        return self.inputs()[1:] if self.reference is not None else self.inputs()
-
-
-def restore_updates(tab: TabControls, settings: dict[str, Any]) -> dict:
-    """Fill a tab's controls from recorded settings (history entry or image metadata)."""
-    values = settings_to_restore(settings, with_match_input=tab.reference is not None,
-                                 max_steps=int(tab.steps.maximum), max_tolerance=int(tab.safety_tolerance.maximum))
-    return {getattr(tab, name): value for name, value in values.items()}
+# The settings every workflow endpoint takes after its reference image(s), in API order. The endpoint
+# signatures (endpoints.py) and the tab's controls (controls.TabControls) are both built from it.
+SETTING_NAMES = ("prompt", "aspect_ratio", "resolution", "seed", "randomize_seed", "output_format", "custom_size",
+                 "width", "height", "steps", "guidance", "safety_tolerance")
 
 
 class Cancellations:
@@ -150,15 +111,14 @@ def settings_to_restore(settings: dict[str, Any], with_match_input: bool, max_st
     width, height = _number(settings.get("width")), _number(settings.get("height"))
     if settings.get("custom_size", "aspect_ratio" not in settings) and width and height:
         values.update(custom_size=True, width=_fit_side(width), height=_fit_side(height))
-    limits = Limits()
-    ranges = {"seed": (0, presets.SEED_MAX), "steps": (limits.min_steps, max_steps),
-              "guidance": (limits.min_guidance, limits.max_guidance)}
+    ranges = {"seed": (0, presets.SEED_MAX), "steps": (STEPS.minimum, max_steps),
+              "guidance": (GUIDANCE.minimum, GUIDANCE.maximum)}
     for name, (low, high) in ranges.items():
         value = _number(settings.get(name))
         if value is not None and low <= value <= high:
             values[name] = int(value) if name != "guidance" else value
     tolerance = _number(settings.get("safety_tolerance"))
-    if tolerance is not None and 0 <= tolerance <= MAX_SAFETY_TOLERANCE:
+    if tolerance is not None and SAFETY_TOLERANCE.minimum <= tolerance <= SAFETY_TOLERANCE.maximum:
         values["safety_tolerance"] = min(int(tolerance), max_tolerance)
     return values
 
@@ -182,29 +142,3 @@ def with_history_entry(entries: list[dict], path: str | None) -> list[dict]:
     entry = {**settings, "path": path, "output_format": output_format,
              "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
     return [entry, *entries][:HISTORY_LIMIT]
-
-
-# What Gradio's MCP server tells clients a file parameter takes; it turns such strings into uploads.
-MCP_FILE_FORMAT = "Gradio File Input - a http or https url to a file"
-MCP_MAX_GALLERY_ITEMS = 64
-
-
-def mcp_gallery_schema(schema: dict[str, Any], file_positions: list[list[Any]]) -> tuple[dict, list[list[Any]]]:
-    """An MCP tool's input schema with each Gallery parameter as a plain list of {"image": url}.
-
-    Gradio 6.31 nests a Gallery's `$defs` inside its property while the `$ref`s point at the root,
-    so MCP clients' schema validation fails, and the file positions it records are schema paths
-    that never match a value. Each item here is {"image": an http(s) URL or a data URI}, the shape
-    gradio_client sends, with one file position per item.
-    """
-    properties = dict(schema.get("properties", {}))
-    for name, prop in properties.items():
-        if "GalleryImage" not in prop.get("$defs", {}):
-            continue
-        image = {"type": "string", "format": MCP_FILE_FORMAT,
-                 "description": "the image: an http(s) URL or a data URI (data:image/png;base64,...)"}
-        properties[name] = {"type": "array", "description": prop.get("description", ""),
-                            "items": {"type": "object", "properties": {"image": image}, "required": ["image"]}}
-        file_positions = [p for p in file_positions if p[:1] != [name]]
-        file_positions += [[name, index, "image"] for index in range(MCP_MAX_GALLERY_ITEMS)]
-    return {**schema, "properties": properties}, file_positions

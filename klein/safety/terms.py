@@ -1,60 +1,21 @@
-"""Prompt and image moderation for a safety tolerance 0 (strictest) .. 5 (most permissive) (pure: no torch).
+"""The reviewed term list and how prompts are read against it (pure: no torch).
 
-Prompts are matched against the reviewed term list in data/safety_terms.json (categories sexual,
-violence, hate, self_harm with severities 1..3, plus a minors list); images go through a nudity
-detector (klein/nudity.py). POLICY says, per tolerance, the highest prompt severity allowed in each
-category and the detector score at which each image group is blocked. A sexual term together with a
-minors term is refused at every tolerance. Everything runs offline, in well under a millisecond per
-prompt and a few tens of milliseconds per image.
+Prompts are normalised (NFKC, casefold, confusables, zero-width characters, leetspeak, spaced-out
+letters) into word views, then matched against data/safety_terms.json: categories sexual, violence,
+hate and self_harm with severities 1..3, a minors list, an allow list of harmless phrases and the
+patterns of an age under 18. policy.py decides what a match means at each tolerance.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image
-
-from .errors import ContentModerated, RequestModerated
-from .nudity import GROUP_ORDER, Detection, Detector, NudeNetDetector
-
-log = logging.getLogger(__name__)
-
 TERMS_PATH = Path(__file__).resolve().parent / "data" / "safety_terms.json"
-CATEGORIES = ("sexual", "violence", "hate", "self_harm")
-MAX_TOLERANCE = 5
-
-
-@dataclass(frozen=True)
-class Level:
-    """What one tolerance allows: max prompt severity per category (0 = none), image block score per group."""
-
-    prompt: Mapping[str, int]
-    image: Mapping[str, float | None]  # None: never blocked
-
-
-def _level(prompt: tuple[int, int, int, int], image: tuple[float | None, ...]) -> Level:
-    return Level(dict(zip(CATEGORIES, prompt)), dict(zip(("suggestive", "nudity", "explicit"), image)))
-
-
-#               sexual violence hate self_harm   suggestive nudity explicit
-POLICY: dict[int, Level] = {
-    0: _level((0, 0, 0, 0), (0.50, 0.35, 0.25)),
-    1: _level((1, 1, 0, 0), (0.70, 0.45, 0.35)),
-    2: _level((1, 2, 1, 1), (None, 0.60, 0.45)),
-    3: _level((2, 2, 1, 1), (None, 0.85, 0.60)),
-    4: _level((3, 3, 2, 2), (None, None, 0.80)),
-    5: _level((3, 3, 3, 3), (None, None, None)),
-}
-# Detections at or above this score are logged when a tolerance lets them through.
-LOG_LET_THROUGH_SCORE = 0.5
 
 
 # --- normalisation ---------------------------------------------------------------------------------
@@ -253,125 +214,3 @@ def load_terms(path: Path = TERMS_PATH) -> TermList:
         terms.add(word, "minors", 0)
     terms.compile(data.get("allow", []), data.get("minor_age_patterns", []), data.get("allow_near_minors", []))
     return terms
-
-
-# --- the moderator ---------------------------------------------------------------------------------
-
-
-class Moderator:
-    """Checks prompts, reference images and generated images against POLICY for a tolerance.
-
-    Args:
-        max_tolerance: the deployment's cap; a request above it is clamped down to it (not refused).
-        image_moderation: False turns the image checks off (prompts are always checked).
-        detector: the nudity detector; NudeNet 320n by default, loaded on first use.
-        terms: the compiled term list; data/safety_terms.json by default.
-    """
-
-    def __init__(self, max_tolerance: int = MAX_TOLERANCE, image_moderation: bool = True,
-                 detector: Detector | None = None, terms: TermList | None = None,
-                 policy: Mapping[int, Level] = POLICY):
-        if max_tolerance not in policy:
-            raise ValueError(f"max safety tolerance must be 0..{MAX_TOLERANCE}, got {max_tolerance!r}")
-        self.max_tolerance = max_tolerance
-        self.image_moderation = image_moderation
-        self.detector = detector if detector is not None else NudeNetDetector()
-        self.terms = terms if terms is not None else load_terms()
-        self.policy = policy
-
-    def effective_tolerance(self, requested: int) -> int:
-        """The tolerance actually applied: the request's, clamped to the deployment's cap."""
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested not in self.policy:
-            raise ValueError(f"safety tolerance must be an integer 0..{MAX_TOLERANCE}, got {requested!r}")
-        return min(requested, self.max_tolerance)
-
-    def check_prompt(self, prompt: str, tolerance: int) -> None:
-        """Raise RequestModerated when the prompt has a term above what the tolerance allows."""
-        tolerance = self.effective_tolerance(tolerance)
-        matches, near_minors = self.terms.scan(prompt)
-        sexual = [m for m in near_minors if m.category == "sexual"]
-        if sexual:
-            self._check_minors(prompt, sexual[0], near_minors)
-        allowed = self.policy[tolerance].prompt
-        scored = [m for m in matches if m.category in allowed]
-        refused = [m for m in scored if m.severity > allowed[m.category]]
-        if refused:
-            worst = refused[0]  # matches come most severe first
-            log.info("prompt refused: category=%s severity=%d term=%r tolerance=%d",
-                     worst.category, worst.severity, worst.term, tolerance)
-            limit = allowed[worst.category]
-            allows = f"allows up to {limit}" if limit else f"allows no {worst.category} terms"
-            raise RequestModerated(f"the prompt matched category {worst.category} at severity {worst.severity}; "
-                                   f"tolerance {tolerance} {allows}")
-        for m in scored:
-            log.log(_let_through_level(tolerance), "prompt let through: category=%s severity=%d term=%r "
-                    "tolerance=%d", m.category, m.severity, m.term, tolerance)
-
-    def check_reference(self, image: Image.Image, tolerance: int, field: str) -> None:
-        """Raise RequestModerated (naming `field`, e.g. "images[1]") when a reference image is flagged."""
-        flagged = self._flagged(image, tolerance, f"reference {field}")
-        if flagged:
-            raise RequestModerated(f"{field} was flagged as {flagged}")
-
-    def check_output(self, image: Image.Image, tolerance: int) -> None:
-        """Raise ContentModerated when the generated image is flagged."""
-        flagged = self._flagged(image, tolerance, "output")
-        if flagged:
-            raise ContentModerated(f"the generated image was flagged as {flagged}")
-
-    def _check_minors(self, prompt: str, sexual: Match, matches: list[Match]) -> None:
-        minors = [m for m in matches if m.category == "minors"]
-        if minors or self.terms.mentions_minor_age(prompt):
-            term = minors[0].term if minors else "an age under 18"
-            log.warning("prompt refused: sexual term %r with minors term %r (every tolerance)", sexual.term, term)
-            raise RequestModerated("the prompt combines sexual content with a reference to minors; "
-                                   "this is refused at every tolerance")
-
-    def _flagged(self, image: Image.Image, tolerance: int, what: str) -> str | None:
-        """The reason the image is blocked at this tolerance ("nudity (score 0.81); ..."), or None."""
-        tolerance = self.effective_tolerance(tolerance)
-        if not self.image_moderation:
-            return None
-        thresholds = self.policy[tolerance].image
-        detections = [d for d in self.detector.detect(image) if d.group in thresholds]
-        blocked = [d for d in detections if _blocks(d, thresholds)]
-        if blocked:
-            worst = min(blocked, key=lambda d: (GROUP_ORDER.index(d.group), -d.score))
-            log.info("%s refused: %s %s score=%.2f tolerance=%d", what, worst.group, worst.label, worst.score,
-                     tolerance)
-            return (f"{worst.group} (score {worst.score:.2f}); tolerance {tolerance} blocks {worst.group} "
-                    f"at {thresholds[worst.group]:.2f} or more")
-        for d in detections:
-            if d.score >= LOG_LET_THROUGH_SCORE:
-                log.log(_let_through_level(tolerance), "%s let through: %s %s score=%.2f tolerance=%d", what,
-                        d.group, d.label, d.score, tolerance)
-        return None
-
-
-def _blocks(detection: Detection, thresholds: Mapping[str, float | None]) -> bool:
-    threshold = thresholds[detection.group]
-    return threshold is not None and detection.score >= threshold
-
-
-def _let_through_level(tolerance: int) -> int:
-    return logging.WARNING if tolerance == MAX_TOLERANCE else logging.INFO
-
-
-def moderator_from_env(environ: Mapping[str, str] | None = None) -> Moderator:
-    """A Moderator set up from the environment.
-
-    KLEIN_MAX_SAFETY_TOLERANCE: 0..5, default 5; requests above it are clamped to it.
-    KLEIN_IMAGE_MODERATION: image checks are on unless set to 0 / false / no / off.
-    """
-    environ = os.environ if environ is None else environ
-    raw_cap = environ.get("KLEIN_MAX_SAFETY_TOLERANCE", "").strip()
-    try:
-        cap = int(raw_cap) if raw_cap else MAX_TOLERANCE
-    except ValueError:
-        raise ValueError(f"KLEIN_MAX_SAFETY_TOLERANCE must be an integer 0..{MAX_TOLERANCE}, got {raw_cap!r}") from None
-    if cap not in POLICY:
-        raise ValueError(f"KLEIN_MAX_SAFETY_TOLERANCE must be an integer 0..{MAX_TOLERANCE}, got {raw_cap!r}")
-    images = environ.get("KLEIN_IMAGE_MODERATION", "1").strip().lower() not in ("0", "false", "no", "off")
-    if not images:
-        log.warning("image moderation is off (KLEIN_IMAGE_MODERATION=0): generated images are not checked")
-    return Moderator(max_tolerance=cap, image_moderation=images)

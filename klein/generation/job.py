@@ -1,0 +1,106 @@
+"""One pipeline call: the job's plain data, the ZeroGPU reservation it needs, and running it.
+
+run_job is what runs on the GPU. On a ZeroGPU Space spaces.GPU runs it in a forked worker that
+gets the job pickled, so a job is plain data and the model is found by its key (cached_model).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import spaces  # on ZeroGPU Spaces it must be imported before torch touches CUDA (engine.py does so first)
+import torch
+from PIL import Image
+
+from .pipeline import LoadedModel, cached_model
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one pipeline call needs; plain data, so ZeroGPU can pickle it into its GPU worker."""
+
+    model_key: tuple[str, str, str]
+    prompt: str
+    images: tuple[Image.Image, ...]
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
+
+
+GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
+
+
+def gpu_seconds(job: Job, progress: ProgressCallback | None = None) -> int:
+    """ZeroGPU time to reserve: grows with pixels, steps, reference count and model size.
+
+    About 1.5 s per step-megapixel for a 4B model (a generous multiple of an H100's ~0.1 s, since a
+    ZeroGPU slice is shared and the first call also moves weights), in proportion for larger ones; each reference
+    adds tokens the transformer attends to; 10 s covers text encoding and the VAE.
+    """
+    megapixels = job.width * job.height / 1e6
+    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale
+    return int(min(GPU_SECONDS_CAP, 10 + 1.5 * work))
+
+
+@spaces.GPU(duration=gpu_seconds)
+def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.Image, dict[str, float]]:
+    """Run the pipeline for one job, timing its stages (milliseconds)."""
+    model = cached_model(job.model_key)
+    pipe = model.pipe
+    timings: dict[str, float] = {}
+    generator = torch.Generator(device="cpu").manual_seed(job.seed)
+
+    t0 = time.perf_counter()
+    prompt_embeds = encode_prompt_cached(model, job.prompt)
+    timings["text_encode"] = ms_since(t0, model.device)
+
+    def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
+        if progress is not None:
+            progress(step + 1, job.steps)
+        return callback_kwargs
+
+    t0 = time.perf_counter()
+    latents = pipe(
+        image=list(job.images) or None,
+        prompt_embeds=prompt_embeds,
+        height=job.height,
+        width=job.width,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance,
+        generator=generator,
+        output_type="latent",
+        callback_on_step_end=on_step_end,
+    ).images
+    timings["denoise"] = ms_since(t0, model.device)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    timings["vae_decode"] = ms_since(t0, model.device)
+    return image, timings
+
+
+def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
+    """The prompt's embeddings, from the cache when this model has seen the prompt before.
+
+    Passing cached embeddings back to the pipeline gives bit-identical images (DESIGN.md).
+    """
+    embeds = model.prompt_cache.get(prompt)
+    if embeds is None:
+        embeds, _ = model.pipe.encode_prompt(prompt=prompt, device=model.pipe._execution_device)
+        model.prompt_cache.put(prompt, embeds)
+    return embeds
+
+
+def ms_since(t0: float, device: str = "cpu") -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return round((time.perf_counter() - t0) * 1000, 2)

@@ -1,0 +1,197 @@
+"""The REST API compatible with the hosted Klein APIs: a thin adapter over the engine (routes.py has
+the routes), with the task worker and the webhook sender it needs.
+
+Every error is `{"detail": "..."}` with the status of the engine's error type (errors.py).
+The routes are served by Gradio's own FastAPI app (app.py passes `RestApi.app_kwargs()` to launch)
+or, for tests, by `RestApi.create_app()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from ..config import MODELS, RestSettings
+from ..errors import InvalidRequest, KleinError, QueueFull
+from ..images import load_reference
+from ..request import GenerationRequest, check_reference_count
+from .auth import ApiKeys
+from .bodies import validation_detail
+from .remote import UrlPolicy, reference_bytes
+from .routes import TITLE, add_routes, image_url
+from .schemas import INPUT_FIELDS, ErrorBody, GenerateBody, TaskCreate
+from .tasks import TaskService
+from .webhooks import WebhookOutbox, WebhookSender
+
+log = logging.getLogger(__name__)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in ((401, "Missing or invalid API key"), (422, "A field has a value that cannot be used"),
+                       (500, "Unexpected server error"))
+}
+
+
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+class RestRoute(APIRoute):
+    """Turns every error of a REST route into `{"detail": "..."}`, whatever app serves the route."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return error_response(422, validation_detail(list(exc.errors())))
+            except HTTPException as exc:
+                return error_response(exc.status_code, str(exc.detail), exc.headers)
+            except QueueFull as exc:
+                retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+                return error_response(exc.http_status, str(exc), retry)
+            except KleinError as exc:
+                return error_response(exc.http_status, str(exc))
+            except Exception:
+                log.exception("unexpected error in %s %s", request.method, request.url.path)
+                return error_response(500, "Internal server error; the server log has the details.")
+
+        return route
+
+
+class RestApi:
+    """The REST routes over one engine, with the task worker and webhook sender they need."""
+
+    def __init__(self, engine, settings: RestSettings):
+        self.engine, self.settings = engine, settings
+        self.keys = ApiKeys(settings.api_keys)
+        self.policy = UrlPolicy(settings.allow_private_urls, settings.fetch_timeout)
+        webhook_policy = UrlPolicy(settings.allow_private_urls, settings.webhook_timeout, max_redirects=0)
+        self.webhooks = WebhookSender(settings.webhook_secret, webhook_policy, settings.webhook_attempts,
+                                      settings.webhook_backoff, WebhookOutbox(settings.tasks_db))
+        self.tasks = TaskService(engine, settings, self.webhooks, image_url)
+        self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
+        add_routes(self.router, self, self.keys.dependency())
+        self._openapi: dict | None = None
+        self._sync_slots = threading.BoundedSemaphore(settings.sync_backlog)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any):
+        """Start the task worker and the webhook sender with the server; stop them with it."""
+        self.webhooks.start()
+        self.tasks.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(self.tasks.stop)
+            await run_in_threadpool(self.webhooks.stop)
+
+    def app_kwargs(self) -> dict[str, Any]:
+        """For gr.Blocks.launch(app_kwargs=...): the REST routes and docs in Gradio's own app."""
+        return {"routes": list(self.router.routes), "openapi_url": None, "docs_url": None, "redoc_url": None,
+                "lifespan": self.lifespan}
+
+    def create_app(self) -> FastAPI:
+        """A FastAPI app with only the REST API (tests, or to mount elsewhere)."""
+        return FastAPI(title=TITLE, **self.app_kwargs())
+
+    def openapi(self) -> dict:
+        if self._openapi is None:
+            routes = [r for r in self.router.routes if getattr(r, "include_in_schema", False)]
+            self._openapi = get_openapi(title=TITLE, version="1", routes=routes, description=DESCRIPTION)
+        return self._openapi
+
+    # -- sync -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def sync_slot(self) -> Iterator[None]:
+        """One of the `sync_backlog` places for a sync request running or waiting for the GPU lane.
+
+        Each waiting request holds a worker thread that the other routes (and Gradio) share, so past
+        the limit a request is refused at once with a 503 instead of waiting.
+        """
+        if not self._sync_slots.acquire(blocking=False):
+            raise QueueFull(f"{self.settings.sync_backlog} requests are already running or waiting; try again "
+                            "shortly, or use the task API.", retry_after=1)
+        try:
+            yield
+        finally:
+            self._sync_slots.release()
+
+    def generate_sync(self, body: GenerateBody, uploads: list[bytes], output_format: str,
+                      cancel: threading.Event | None = None):
+        """Validate, decode the references and run the engine (in a worker thread); `cancel` stops it
+        between denoising steps."""
+        self._check_model(body.model)
+        limits = self.engine.limits
+        if uploads:
+            images = [load_reference(data, f"images[{i}]", limits) for i, data in enumerate(uploads)]
+        else:
+            field, refs = ("images", body.images) if body.images else ("image_uris", body.image_uris or [])
+            check_reference_count(len(refs), field)
+            images = [load_reference(self._reference(v, f"{field}[{i}]"), f"{field}[{i}]", limits)
+                      for i, v in enumerate(refs)]
+        request = GenerationRequest(
+            prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
+            seed=body.seed, width=body.width, height=body.height, output_format=output_format,
+            safety_tolerance=body.safety_tolerance, limits=limits)
+        return self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
+                                    cancel=cancel, keep_file=False)
+
+    def _reference(self, value: str, field: str) -> bytes:
+        return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)
+
+    def _check_model(self, name: str | None) -> None:
+        loaded = self.engine.model.spec.name
+        if name is None or name == loaded:
+            return
+        if name in MODELS:
+            raise InvalidRequest("model", f"{name!r} is not loaded on this server; it runs {loaded!r}. "
+                                 f"Send model={loaded!r} or leave model out.")
+        raise InvalidRequest("model", f"{name!r} is not a model name; use one of {', '.join(MODELS)} "
+                             f"(this server runs {loaded!r})")
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def submit_task(self, body: TaskCreate, owner: str, base_url: str) -> dict:
+        """Validate and moderate everything now (a 422 before the task exists), then store it for the worker."""
+        limits = self.engine.limits
+        named = [(name, getattr(body, name)) for name in INPUT_FIELDS if getattr(body, name)]
+        inputs = [self._reference(value, name) for name, value in named]
+        images = [load_reference(data, name, limits) for (name, _), data in zip(named, inputs)]
+        params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",
+                                          "safety_tolerance", "width", "height"})
+        request = GenerationRequest(images=tuple(images), limits=limits, **params)
+        self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored
+        params["output_format"] = request.output_format
+        if body.webhook_url:
+            self.webhooks.check(body.webhook_url)
+        task = self.tasks.submit(owner, params, inputs, body.webhook_url, base_url)
+        return {"data": task.public(base_url, image_url)}
+
+    def task(self, owner: str, task_id: str):
+        task = self.tasks.get(owner, task_id)
+        if task is None:
+            raise HTTPException(404, f"task {task_id!r} not found (unknown, expired, or another key's)")
+        return task
+
+
+DESCRIPTION = """\
+Klein Studio's REST API, compatible with the hosted Klein APIs. Authenticate with an API key from
+`KLEIN_API_KEYS` in any of `Authorization: Bearer KEY`, `x-freepik-api-key: KEY`, `x-key: KEY`.
+Errors are `{"detail": "..."}`: 401 (key), 422 (a field; the detail names it), 503 (busy),
+504 (time limit), 500 (unexpected). Task webhooks are signed: `X-Klein-Signature: sha256=HMAC-SHA256(
+KLEIN_WEBHOOK_SECRET, "<X-Klein-Timestamp>.<body>")`.
+"""

@@ -1,0 +1,156 @@
+"""The REST routes, a thin adapter over RestApi (api.py): each reads its body, checks its key and
+answers in the hosted Klein APIs' shapes.
+
+    POST /v1/generate                                  sync: the image in the response
+    POST /v1/ai/text-to-image/flux-2-klein             async: a task id at once
+    GET  /v1/ai/text-to-image/flux-2-klein             the caller's tasks, newest first
+    GET  /v1/ai/text-to-image/flux-2-klein/{id}        one task
+    GET  /v1/ai/text-to-image/flux-2-klein/{id}/images/{n}   a result image
+    GET  /docs, /openapi.json                          this API's documentation
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse
+
+from ..output.encode import MIME_TYPES
+from ..presets import DEFAULT_OUTPUT_FORMAT
+from .bodies import parse_model, read_generate_body, read_json_object
+from .schemas import (
+    ErrorBody,
+    GenerateResponse,
+    TaskCreate,
+    TaskEnvelope,
+    TaskPage,
+    generate_body_openapi,
+    json_body_limit,
+    task_body_openapi,
+)
+
+log = logging.getLogger(__name__)
+TASKS = "/v1/ai/text-to-image/flux-2-klein"
+TITLE = "Klein Studio REST API"
+DISCONNECT_POLL = 0.25  # seconds between checks that a sync client is still there
+RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+def image_url(base_url: str, task_id: str, index: int) -> str:
+    return f"{base_url.rstrip('/')}{TASKS}/{task_id}/images/{index}"
+
+
+def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
+    """Every REST route on `router`, each depending on `require_key`; `api` is the RestApi (api.py) they
+    call, passed in so that this module need not import the one that imports it."""
+
+    @router.post("/v1/generate", response_model=GenerateResponse, openapi_extra=generate_body_openapi(),
+                 tags=["sync"], responses={200: {"content": {t: {} for t in RAW_TYPES}},
+                                           503: {"model": ErrorBody, "description": "Too many requests waiting"},
+                                           504: {"model": ErrorBody, "description": "Generation timed out"}})
+    async def generate(request: Request, owner: str = Depends(require_key)) -> Response:
+        """Generate one image and answer with it.
+
+        The body is JSON or a multipart form (`images` as uploaded files). The workflow follows the
+        number of reference images: 0 text-to-image, 1 edit, 2..4 multi-reference. The answer is JSON
+        with the image in base64, or the image itself with `Accept: image/png` or `image/jpeg`.
+        """
+        body, uploads = await read_generate_body(request, api.engine.limits)
+        raw = _raw_format(request.headers.get("accept"))
+        if raw and body.output_format and body.output_format.lower().replace("jpg", "jpeg") != raw:
+            raise HTTPException(406, f"output_format {body.output_format!r} does not match Accept: image/{raw}")
+        fmt = body.output_format or raw or DEFAULT_OUTPUT_FORMAT
+        with api.sync_slot():
+            result = await until_disconnected(request, api.generate_sync, body, uploads, fmt)
+        if raw:
+            return Response(result.data, media_type=result.mime_type,
+                            headers={"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value})
+        return JSONResponse(GenerateResponse(
+            image=base64.b64encode(result.data).decode(), mime_type=result.mime_type, seed=result.seed,
+            width=result.width, height=result.height, model=result.model, workflow=result.workflow.value,
+            output_format=result.output_format, timings_ms=result.timings_ms).model_dump())
+
+    @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
+                 openapi_extra=task_body_openapi(),
+                 responses={503: {"model": ErrorBody, "description": "The backlog is full; see Retry-After"}})
+    async def create_task(request: Request, owner: str = Depends(require_key)) -> dict:
+        """Queue a generation and answer at once with its task id (status CREATED).
+
+        Up to four input images (base64, data URIs or http(s) URLs) choose the workflow as for
+        /v1/generate. Poll the task, or give `webhook_url` to be told of each status change.
+        """
+        # Read here, after the key is checked: a declared body parameter is parsed before auth.
+        body = parse_model(TaskCreate, await read_json_object(request, json_body_limit(api.engine.limits)))
+        return await run_in_threadpool(api.submit_task, body, owner, str(request.base_url))
+
+    @router.get(TASKS, response_model=TaskPage, response_model_exclude_none=True, tags=["tasks"])
+    def list_tasks(request: Request, page: int = Query(1, ge=1, le=1_000_000),
+                   per_page: int = Query(20, ge=1, le=100), owner: str = Depends(require_key)) -> dict:
+        """The caller's tasks (this API key's), newest first, a page at a time."""
+        tasks, total = api.tasks.store.page(owner, (page - 1) * per_page, per_page)
+        base = str(request.base_url)
+        return {"data": [t.public(base, image_url) for t in tasks],
+                "meta": {"current_page": page, "per_page": per_page, "total": total,
+                         "last_page": max(1, -(-total // per_page))}}
+
+    @router.get(TASKS + "/{task_id}", response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
+                responses={404: {"model": ErrorBody, "description": "No such task for this key"}})
+    def get_task(task_id: str, request: Request, owner: str = Depends(require_key)) -> dict:
+        """One task: CREATED, IN_PROGRESS, COMPLETED (with `generated` image URLs) or FAILED (with `error`)."""
+        return {"data": api.task(owner, task_id).public(str(request.base_url), image_url)}
+
+    @router.get(TASKS + "/{task_id}/images/{index}", tags=["tasks"], response_class=FileResponse,
+                responses={200: {"content": {t: {} for t in RAW_TYPES}},
+                           404: {"model": ErrorBody, "description": "No such image"}})
+    def task_image(task_id: str, index: int, owner: str = Depends(require_key)) -> FileResponse:
+        """A result image of a COMPLETED task, as listed in its `generated`."""
+        path = api.tasks.result_file(api.task(owner, task_id), index)
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"task {task_id} has no image {index}")
+        return FileResponse(path, media_type=MIME_TYPES[path.suffix.lstrip(".").replace("jpg", "jpeg")])
+
+    @router.get("/openapi.json", include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(api.openapi())
+
+    @router.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=TITLE)
+
+
+async def until_disconnected(request: Request, fn: Callable, *args: Any) -> Any:
+    """Run fn(*args, cancel) in a worker thread; if the client goes away meanwhile, set `cancel`, so the
+    GPU lane is not spent on an image nobody will receive."""
+    cancel = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL)
+        log.info("client of %s disconnected: cancelling its generation", request.url.path)
+        cancel.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await run_in_threadpool(fn, *args, cancel)
+    finally:
+        watcher.cancel()
+
+
+def _raw_format(accept: str | None) -> str | None:
+    """The image format asked for by Accept, or None for JSON (the first known type wins)."""
+    for part in (accept or "").split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in RAW_TYPES:
+            return RAW_TYPES[media]
+        if media in ("application/json", "*/*", "application/*"):
+            return None
+    return None

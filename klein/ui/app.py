@@ -1,0 +1,142 @@
+"""The Gradio app: build_demo(engine) -> gr.Blocks, and launch. Only klein/ui imports gradio.
+
+Three tabs, each a named API endpoint (text_to_image, edit, multi_reference) over the same engine;
+the endpoint functions are generated in endpoints.py, the controls built in controls.py, the page's
+private helper events wired in events.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import presets
+from ..config import Settings
+from ..errors import InvalidRequest
+from ..generation.engine import Engine
+from ..images import load_reference
+from ..request import check_reference_count
+from .controls import TabControls, named_image, workflow_tab
+from .display import format_info, model_banner
+from .endpoints import ENDPOINTS, Outputs, make_endpoint
+from .events import wire_restore, wire_tab, wire_use_as_input
+from .mcp import fix_gradio_mcp_server
+from .state import Cancellations, gallery_paths, request_from_controls
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# Enter in a prompt box generates, Shift+Enter adds a line (Gradio's own multi-line box does the reverse).
+ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
+# System fonts only: the page must not fetch web fonts from another host.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str, Any]:
+    """api_name -> the endpoint's event function: decode the references, build the request, run the engine."""
+    spec, limits = engine.model.spec, engine.limits
+
+    def run(references: tuple, settings: dict[str, Any], progress: Any, request: Any) -> Outputs:
+        generation = request_from_controls(references, **settings, distilled=spec.distilled, limits=limits)
+        session = getattr(request, "session_hash", None) or "anonymous"
+        cancel = cancellations.start(session)
+        try:
+            progress(0, desc="Starting")
+            result = engine.generate(generation, lambda step, total: progress((step, total), unit="steps"),
+                                     cancel=cancel)
+        finally:
+            cancellations.finish(session, cancel)
+        return str(result.path), result.seed, format_info(result)
+
+    def text_to_image(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
+        return run((), values, progress, request)
+
+    def edit(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
+        image = values.pop("image")
+        if not image:
+            raise InvalidRequest("image", "is missing; upload the image to edit")
+        return run((load_reference(image, "image", limits),), values, progress, request)
+
+    def multi_reference(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
+        paths = gallery_paths(values.pop("images"))
+        check_reference_count(len(paths), "images", minimum=presets.MULTI_REFERENCE_MIN)
+        references = tuple(load_reference(p, f"images[{i}]", limits) for i, p in enumerate(paths))
+        return run(references, values, progress, request)
+
+    handlers = {"text_to_image": text_to_image, "edit": edit, "multi_reference": multi_reference}
+    return {e.api_name: make_endpoint(e, spec, handlers[e.api_name]) for e in ENDPOINTS}
+
+
+def build_demo(engine: Engine) -> gr.Blocks:
+    """The Klein Studio Blocks app over `engine`."""
+    spec = engine.model.spec
+    limits = engine.limits
+    cancellations = Cancellations()
+    max_tolerance = engine.moderator.max_tolerance
+    functions = workflow_functions(engine, cancellations)
+
+    # Gradio keeps every upload and a copy of every result in its cache: hourly, drop those over a day old.
+    with gr.Blocks(title="Klein Studio", delete_cache=(3600, 24 * 3600)) as demo:
+        gr.Markdown("# Klein Studio\nFLUX.2 [klein]: text-to-image, editing and multi-reference generation.")
+        gr.Markdown(model_banner(engine), elem_id="model-banner")
+        history = gr.State([])
+        with gr.Tabs(elem_id="workflow-tabs") as tabs:
+            with gr.Tab("Text to image", id="text_to_image"):
+                t2i = workflow_tab("text_to_image", None, spec, max_tolerance)
+                gr.Examples([["a lighthouse on a cliff at dusk, volumetric light"],
+                             ["a bowl of ramen, studio photo, top-down"],
+                             ["an isometric cozy reading nook, soft morning light"]], [t2i.prompt],
+                            label="Example prompts")
+            with gr.Tab("Edit", id="edit"):
+                image_input = named_image("image", limits, label="Image to edit", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], height=300, elem_id="edit-image")
+                edit = workflow_tab("edit", image_input, spec, max_tolerance)
+                gr.Examples([[str(ASSETS / "armchair.png"), "make the armchair green velvet"],
+                             [str(ASSETS / "mountains.jpg"), "make it a snowy winter night"],
+                             [str(ASSETS / "robot.png"), "give the robot a red scarf"]],
+                            [image_input, edit.prompt], label="Examples")
+            with gr.Tab("Multi-reference", id="multi_reference"):
+                gallery = gr.Gallery(label=f"Reference images ({presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES})", type="filepath",
+                                     interactive=True, columns=4, height=220, file_types=["image"],
+                                     fit_columns=False, object_fit="contain",
+                                     elem_id="multi_reference-images")
+                multi = workflow_tab("multi_reference", gallery, spec, max_tolerance)
+                gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
+                              "the robot from image 1 standing in the landscape of image 2"],
+                             [[str(ASSETS / "armchair.png"), str(ASSETS / "mug.png"), str(ASSETS / "mountains.jpg")],
+                              "the armchair and the mug on a terrace facing the mountains"]],
+                            [gallery, multi.prompt], label="Examples")
+        with gr.Accordion("History (this browser session; click one to restore its settings)", open=True):
+            history_gallery = gr.Gallery(show_label=False, columns=8, height=180, allow_preview=False,
+                                         fit_columns=False, object_fit="cover", interactive=False,
+                                         elem_id="history")
+        with gr.Accordion("Load settings from image", open=False):
+            settings_image = named_image("settings image", limits, type="filepath", image_mode=None,
+                                         label="Drop an image made by Klein Studio (or with A1111-style parameters)",
+                                         sources=["upload"], height=200, elem_id="settings-image")
+
+        controls: dict[str, TabControls] = {"text_to_image": t2i, "edit": edit, "multi_reference": multi}
+        for tab in controls.values():
+            wire_tab(tab, functions[tab.workflow], history, history_gallery, cancellations)
+            wire_use_as_input(tab, image_input, gallery, tabs)
+        wire_restore(controls, tabs, history, history_gallery, settings_image, spec.name)
+    return demo
+
+
+def launch(demo: gr.Blocks, engine: Engine, settings: Settings, **kwargs: Any):
+    """Launch the app with the house theme, the upload limit, the output folder allowed, and MCP if asked."""
+    if settings.mcp:
+        fix_gradio_mcp_server()
+    return demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        share=settings.share,
+        max_file_size=engine.limits.max_image_bytes,
+        allowed_paths=[str(engine.output_dir), str(ASSETS)],
+        theme=THEME,
+        js=ENTER_TO_GENERATE_JS,
+        footer_links=["api", "gradio", "settings"],
+        mcp_server=settings.mcp,
+        **kwargs,
+    )

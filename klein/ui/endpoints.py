@@ -1,0 +1,142 @@
+"""The three workflow endpoints (text_to_image, edit, multi_reference), generated from one description.
+
+Gradio reads an event function's signature for the API's parameter names and defaults, and its
+docstring's Args for the API page and the MCP tool descriptions. Each endpoint's signature and
+docstring are built here from ENDPOINTS and SETTING_NAMES with the descriptions of the parameter table
+(presets.PARAMETERS), so adding a parameter is one change, and the controls feeding it (TabControls)
+follow the same names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from .. import presets
+from ..config import ModelSpec
+from ..errors import KleinError
+from ..presets import PARAMETERS
+from .state import SETTING_NAMES
+
+log = logging.getLogger(__name__)
+
+Outputs = tuple[str, int, str]
+# (the endpoint's argument values by name, gr.Progress, gr.Request) -> (image file, seed used, info)
+Handler = Callable[[dict[str, Any], Any, Any], Outputs]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One workflow as an API endpoint and MCP tool."""
+
+    api_name: str  # the Gradio API name and the tab's id
+    tool_name: str  # the function's name: the MCP tool name
+    summary: str
+    reference: str | None  # the reference parameter's name, if the workflow takes images
+    reference_doc: str
+    aspect_ratio_doc: str
+    prompt_doc: str
+    returns: str
+
+
+ENDPOINTS = (
+    Endpoint("text_to_image", "text_to_image", "Generate an image from a text prompt with FLUX.2 [klein].",
+             None, "", "a preset such as square_1_1, widescreen_16_9, landscape or portrait.",
+             "what the image should show.", "The image file, the seed used, and a line describing the generation."),
+    Endpoint("edit", "edit_image", "Edit an image with a text instruction with FLUX.2 [klein].",
+             "image", "the image to edit (PNG, JPEG or WebP, at least 64 px a side, aspect at most 8:1).",
+             '"match_input" keeps the input\'s aspect ratio; or a preset such as square_1_1.',
+             'the edit to make, e.g. "make it night time".',
+             "The edited image file, the seed used, and a line describing the generation."),
+    Endpoint("multi_reference", "multi_reference_image",
+             f"Generate an image from {presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images and "
+             "a prompt with FLUX.2 [klein].",
+             "images", f"{presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images (PNG, JPEG or "
+             "WebP), e.g. a person, a product and a place.",
+             '"match_input" uses the first image\'s aspect ratio; or a preset such as landscape.',
+             'how to combine them, e.g. "the person from image 1 holding the cup from image 2".',
+             "The generated image file, the seed used, and a line describing the generation."),
+)
+
+# What the UI adds to the table's parameters: how each arrives from its control, and its description.
+CONTROL_DOCS = {
+    "seed": f"the seed to use when randomize_seed is false (0..{presets.SEED_MAX}).",
+    "randomize_seed": "pick a random seed; the seed used is returned either way.",
+    "custom_size": "use width and height instead of the preset.",
+}
+CONTROL_TYPES: dict[str, Any] = {"prompt": str, "aspect_ratio": str, "resolution": str, "seed": float,
+                                 "randomize_seed": bool, "output_format": str, "custom_size": bool}
+CONTROL_DEFAULTS: dict[str, Any] = {"seed": 0, "randomize_seed": True, "custom_size": False}
+
+
+def setting_parameters(endpoint: Endpoint, spec: ModelSpec) -> list[inspect.Parameter]:
+    """The endpoint's settings as signature parameters, defaults from the table and the loaded model."""
+    defaults = {name: PARAMETERS[name].default for name in SETTING_NAMES if name in PARAMETERS}
+    defaults.update(CONTROL_DEFAULTS, steps=spec.steps, guidance=spec.guidance,
+                    aspect_ratio=presets.MATCH_INPUT if endpoint.reference else PARAMETERS["aspect_ratio"].default)
+    parameters = []
+    for name in SETTING_NAMES:
+        default = inspect.Parameter.empty if name == "prompt" else defaults[name]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                            annotation=CONTROL_TYPES.get(name, float)))
+    return parameters
+
+
+def docstring(endpoint: Endpoint) -> str:
+    """Summary, Args (one line a parameter) and Returns, in the Google style Gradio parses."""
+    docs = {name: CONTROL_DOCS.get(name) or PARAMETERS[name].doc for name in SETTING_NAMES}
+    docs.update(prompt=endpoint.prompt_doc, aspect_ratio=endpoint.aspect_ratio_doc)
+    if endpoint.reference:
+        docs = {endpoint.reference: endpoint.reference_doc, **docs}
+    args = "\n".join(f"    {name}: {doc}" for name, doc in docs.items())
+    return f"{endpoint.summary}\n\nArgs:\n{args}\n\nReturns:\n    {endpoint.returns}\n"
+
+
+def make_endpoint(endpoint: Endpoint, spec: ModelSpec, handle: Handler) -> Callable[..., Outputs]:
+    """The Gradio event function of one workflow: its signature and docstring built from the table,
+    its body `handle(values, progress, request)` inside user_errors()."""
+    parameters = setting_parameters(endpoint, spec)
+    if endpoint.reference:
+        annotation = str | None if endpoint.reference == "image" else list | None
+        parameters.insert(0, inspect.Parameter(endpoint.reference, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               annotation=annotation))
+    parameters += [
+        inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+    ]
+    signature = inspect.Signature(parameters, return_annotation=Outputs)
+
+    def event(*args: Any, **kwargs: Any) -> Outputs:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        progress, request = values.pop("progress"), values.pop("request")
+        with user_errors():
+            return handle(values, progress, request)
+
+    event.__name__ = event.__qualname__ = endpoint.tool_name
+    event.__signature__ = signature  # type: ignore[attr-defined]
+    event.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not inspect.Parameter.empty}
+    event.__annotations__["return"] = Outputs
+    event.__doc__ = docstring(endpoint)
+    return event
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show engine errors as a toast naming the field; never show a traceback."""
+    try:
+        yield
+    except KleinError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception:
+        log.exception("unexpected error in a UI event")
+        raise gr.Error("Something went wrong on the server; the log has the details.", print_exception=False) from None

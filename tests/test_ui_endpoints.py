@@ -1,0 +1,70 @@
+"""The workflow endpoints are generated from one description: signature, docstring (the API and MCP
+descriptions), defaults and the controls that feed them all follow SETTING_NAMES and the table."""
+
+from __future__ import annotations
+
+import inspect
+
+import gradio.utils
+import pytest
+
+from klein import presets
+from klein.config import MODELS
+from klein.ui.endpoints import ENDPOINTS, make_endpoint
+from klein.ui.state import SETTING_NAMES
+
+BASE = MODELS["flux2-klein-base-4b"]
+
+
+def recording_handler(calls: list):
+    def handle(values, progress, request):
+        calls.append(values)
+        return "file.png", 1, "info"
+
+    return handle
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.api_name)
+def test_signature_and_docs_come_from_the_settings_and_the_table(endpoint):
+    fn = make_endpoint(endpoint, BASE, recording_handler([]))
+    names = list(inspect.signature(fn).parameters)
+    reference = [endpoint.reference] if endpoint.reference else []
+    assert names == reference + list(SETTING_NAMES) + ["progress", "request"]
+    assert fn.__name__ == endpoint.tool_name
+    summary, docs, _ = gradio.utils.get_function_description(fn)
+    assert summary == endpoint.summary
+    for name in ("resolution", "width", "steps", "guidance", "safety_tolerance"):
+        assert docs[name] == presets.PARAMETERS[name].doc, name
+    assert all(docs[name] for name in reference + list(SETTING_NAMES))
+
+
+def test_defaults_follow_the_table_and_the_loaded_model():
+    calls: list = []
+    text_to_image = make_endpoint(ENDPOINTS[0], BASE, recording_handler(calls))
+    assert text_to_image("a fox") == ("file.png", 1, "info")
+    values = calls[-1]
+    assert values["safety_tolerance"] == presets.DEFAULT_SAFETY_TOLERANCE
+    assert values["output_format"] == presets.DEFAULT_OUTPUT_FORMAT
+    assert values["aspect_ratio"] == presets.PARAMETERS["aspect_ratio"].default
+    assert (values["steps"], values["guidance"]) == (50, 4.0)  # the base model's, not the distilled 4 / 1.0
+    edit = make_endpoint(ENDPOINTS[1], MODELS["tiny"], recording_handler(calls))
+    edit("photo.png", "make it winter", seed=7, randomize_seed=False)
+    assert calls[-1]["image"] == "photo.png" and calls[-1]["aspect_ratio"] == presets.MATCH_INPUT
+    assert (calls[-1]["seed"], calls[-1]["randomize_seed"], calls[-1]["steps"]) == (7, False, 4)
+
+
+def test_the_api_lists_what_the_page_sends(engine):
+    """Gradio's API info (what gradio_client and MCP see) names each endpoint's parameters in the order
+    of the controls that feed them, so the page and the API cannot drift apart."""
+    from klein.ui.app import build_demo
+
+    demo = build_demo(engine)
+    info = demo.get_api_info()["named_endpoints"]
+    for endpoint in ENDPOINTS:
+        parameters = info["/" + endpoint.api_name]["parameters"]
+        reference = [endpoint.reference] if endpoint.reference else []
+        assert [p["parameter_name"] for p in parameters] == reference + list(SETTING_NAMES)
+        tolerance = next(p for p in parameters if p["parameter_name"] == "safety_tolerance")
+        assert tolerance["parameter_default"] == presets.DEFAULT_SAFETY_TOLERANCE
+    fn = next(f for f in demo.fns.values() if f.api_name == "edit")
+    assert [c.label for c in fn.inputs][:2] == ["Image to edit", "Prompt"]
