@@ -8,7 +8,10 @@ names the variable. Settings (the app), RestSettings (the REST API) and the safe
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -311,3 +314,33 @@ def load_api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             raise ValueError(f"KLEIN_API_KEYS_FILE: cannot read {path!r} ({type(exc).__name__})") from None
         keys += [line.strip() for line in lines if not line.strip().startswith("#")]
     return tuple(dict.fromkeys(k for k in keys if k))
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def owner_id(key: str) -> str:
+    """What a task stores about the key that created it."""
+    return hashlib.sha256(b"klein-task-owner:" + key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ApiKeys:
+    """The configured keys, kept as digests and compared in constant time."""
+
+    def __init__(self, keys: Iterable[str]):
+        self._digests = tuple(_digest(k) for k in keys if k)
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def __repr__(self) -> str:
+        return f"ApiKeys({len(self._digests)} keys)"
+
+    def is_valid(self, presented: str) -> bool:
+        """True when `presented` is one of the keys; looks at every key whatever the answer."""
+        candidate = _digest(presented)
+        found = False
+        for digest in self._digests:
+            found |= hmac.compare_digest(digest, candidate)
+        return found

@@ -22,11 +22,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from ..config import MODELS, RestSettings
+from ..config import MODELS, ApiKeys, RestSettings
 from ..errors import InvalidRequest, KleinError, QueueFull
 from ..images import load_reference
 from ..request import GenerationRequest, check_reference_count
-from .auth import ApiKeys
+from .auth import key_dependency
 from .bodies import validation_detail
 from .remote import UrlPolicy, reference_bytes
 from .routes import TITLE, add_routes, image_url
@@ -83,7 +83,7 @@ class RestApi:
                                       settings.webhook_backoff, WebhookOutbox(settings.tasks_db))
         self.tasks = TaskService(engine, settings, self.webhooks, image_url)
         self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
-        add_routes(self.router, self, self.keys.dependency())
+        add_routes(self.router, self, key_dependency(self.keys))
         self._openapi: dict | None = None
         self._sync_slots = threading.BoundedSemaphore(settings.sync_backlog)
 
