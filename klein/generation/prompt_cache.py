@@ -1,5 +1,6 @@
 """A bounded LRU cache of prompt embeddings, so a new seed or size for the same prompt skips the
-text encoder. Bounded by bytes, not entries: one real-model embedding is about 7.5 MB."""
+text encoder. Bounded by the bytes its tensors' storages really hold (on whatever device they live),
+not entries: one real-model embedding is about 7.5 MB."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any, Hashable
 
 
 def tensor_bytes(tensor: Any) -> int:
-    return int(tensor.element_size() * tensor.nelement())
+    """What a tensor really keeps alive: its whole storage (a view keeps its base's), and a tensor
+    that still has an autograd graph is refused by put()."""
+    return int(tensor.untyped_storage().nbytes())
 
 
 class PromptCache:
@@ -40,6 +43,9 @@ class PromptCache:
             return value
 
     def put(self, key: Hashable, value: Any) -> None:
+        if getattr(value, "grad_fn", None) is not None or getattr(value, "requires_grad", False):
+            raise ValueError("prompt cache: an embedding with an autograd graph would keep the encoder's "
+                             "activations alive; compute it under torch.inference_mode()")
         size = tensor_bytes(value)
         if size > self.max_bytes:
             return
