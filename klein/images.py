@@ -1,7 +1,8 @@
 """Decode and validate reference images (pure: PIL only).
 
 Sizes are checked from the header before any pixel is decoded, so a decompression bomb is refused,
-not decoded. Every failure is an InvalidRequest that names the field and the value.
+not decoded; decoding shares one pixel budget across concurrent requests, and a decoded reference
+is shrunk to the area the model reads. Every failure is an InvalidRequest that names the field.
 """
 
 from __future__ import annotations
@@ -9,18 +10,23 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import re
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
 from PIL import Image, ImageOps
 
 from .config import Limits
-from .errors import InvalidRequest
+from .errors import InvalidRequest, QueueFull
 
 ImageSource = Union[Image.Image, str, Path, bytes]
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+MODEL_REFERENCE_AREA = 1024 * 1024  # Flux2KleinPipeline resizes larger reference images to this area
 
 
 def load_reference(source: ImageSource, field: str, limits: Limits = Limits()) -> Image.Image:
@@ -33,7 +39,7 @@ def load_reference(source: ImageSource, field: str, limits: Limits = Limits()) -
     """
     if isinstance(source, Image.Image):
         _check_dimensions(source.size, field, limits)
-        return _to_rgb(source)
+        return shrink_to_model_area(_to_rgb(source))
     data = _read_bytes(source, field, limits)
     return decode_image_bytes(data, field, limits)
 
@@ -54,11 +60,52 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
             field, unreadable_image(f"{len(data):,} bytes")
         ) from None
     _check_dimensions(image.size, field, limits)
-    try:
-        image.load()
-    except Exception as exc:
-        raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
-    return _to_rgb(image)
+    with DECODE_BUDGET.reserve(image.width * image.height, field):
+        try:
+            image.load()
+        except Exception as exc:
+            raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
+        return shrink_to_model_area(_to_rgb(image))
+
+
+class PixelBudget:
+    """Pixels being decoded at once, across all requests: a decode waits for room, so four 36 MP
+    images sent together cost one budget of memory, not four. Decoded references are shrunk to
+    what the model reads (shrink_to_model_area) before their room is given back."""
+
+    def __init__(self, pixels: int, wait_seconds: float = 30.0):
+        self.pixels, self.wait_seconds = pixels, wait_seconds
+        self._used = 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int, field: str) -> Iterator[None]:
+        pixels = min(pixels, self.pixels)  # one image alone may always be decoded
+        with self._room:
+            if not self._room.wait_for(lambda: self._used + pixels <= self.pixels, timeout=self.wait_seconds):
+                raise QueueFull(f"{field}: the server is busy decoding other images; try again shortly",
+                                retry_after=1)
+            self._used += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self._used -= pixels
+                self._room.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(2 * Limits().max_image_pixels)
+
+
+def shrink_to_model_area(image: Image.Image, area: int = MODEL_REFERENCE_AREA) -> Image.Image:
+    """A reference larger than `area` pixels, resized as Flux2KleinPipeline resizes it (same size,
+    same filter), so the pipeline leaves it as it is and the pixels it sees are the same; only
+    the large original is no longer kept while the request waits and runs."""
+    width, height = image.size
+    if width * height <= area:
+        return image
+    scale = math.sqrt(area / (width * height))
+    return image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
 
 
 def unreadable_image(detail: str) -> str:

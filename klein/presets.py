@@ -88,6 +88,9 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 # JPEG q95 encodes a 2048x2048 image in ~25 ms on 2 CPU cores; PNG takes ~500 ms (docs/BENCHMARKS.md).
 DEFAULT_OUTPUT_FORMAT = "jpeg"
 MAX_REFERENCES = 4
+# Checked before tokenising: the model reads at most 512 tokens (about 2,000 characters of English),
+# and a 10 MB prompt would cost seconds and gigabytes to tokenise only to be refused.
+MAX_PROMPT_CHARACTERS = 10_000
 MULTI_REFERENCE_MIN = 2
 DISTILLED_MAX_STEPS = 16  # the steps slider's end for distilled models (4 is their default)
 
@@ -110,7 +113,7 @@ class Parameter:
 
 
 PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
-    Parameter("prompt", "", "what the image should show, or the edit to make."),
+    Parameter("prompt", "", "what the image should show, or the edit to make.", 1, MAX_PROMPT_CHARACTERS),
     Parameter("aspect_ratio", "square_1_1", "a preset such as square_1_1, widescreen_16_9, landscape or portrait; "
               "match_input (edit and multi-reference) keeps the first image's aspect ratio."),
     Parameter("resolution", "1k", '"1k" (about 1 megapixel) or "2k" (about 4 megapixels, longer side at most 2048).'),

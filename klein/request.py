@@ -92,8 +92,14 @@ class GenerationRequest:
     def _check_prompt(self) -> None:
         if not isinstance(self.prompt, str):
             raise InvalidRequest("prompt", f"must be text, got {type(self.prompt).__name__}")
+        if len(self.prompt) > presets.MAX_PROMPT_CHARACTERS:
+            raise InvalidRequest("prompt", f"is {len(self.prompt):,} characters long; the limit is "
+                                 f"{presets.MAX_PROMPT_CHARACTERS:,}")
         if not self.prompt.strip():
             raise InvalidRequest("prompt", "is empty; describe the image you want")
+        surrogate = _unpaired_surrogate(self.prompt)
+        if surrogate is not None:
+            raise InvalidRequest("prompt", f"contains an unpaired surrogate ({surrogate!r}); send valid Unicode text")
 
     def _check_images(self) -> None:
         check_reference_count(len(self.images))
@@ -166,6 +172,15 @@ def _check_side(name: str, value: int | None) -> None:
         raise InvalidRequest(name, f"{value} is out of range {presets.MIN_SIDE}..{presets.MAX_SIDE}")
     if value % presets.SIZE_MULTIPLE:
         raise InvalidRequest(name, f"{value} is not a multiple of {presets.SIZE_MULTIPLE}")
+
+
+def _unpaired_surrogate(text: str) -> str | None:
+    """The first lone UTF-16 surrogate in `text` (JSON can carry one; no tokenizer can read it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.object[exc.start]
+    return None
 
 
 def _normalise_format(value: str) -> str:

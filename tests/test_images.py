@@ -1,6 +1,7 @@
 import base64
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -80,3 +81,54 @@ def test_not_an_image_and_unaccepted_format(tmp_path):
 def test_truncated_image_is_refused():
     data = encoded(Image.effect_noise((256, 256), 50).convert("RGB"), "PNG")
     refused(data[: len(data) // 2], "corrupt or truncated")
+
+
+def test_a_large_reference_is_shrunk_as_the_pipeline_would_shrink_it():
+    """Same size and filter as Flux2ImageProcessor._resize_to_target_area, so the pipeline's input is unchanged."""
+    from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+
+    big = Image.effect_noise((3000, 1500), 64).convert("RGB")
+    ours = load_reference(encoded(big), "image")
+    theirs = Flux2ImageProcessor._resize_to_target_area(big, 1024 * 1024)
+    assert ours.size == theirs.size and ours.width * ours.height <= 1024 * 1024
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    small = Image.new("RGB", (640, 480), (1, 2, 3))
+    assert load_reference(encoded(small), "image").size == (640, 480)
+
+
+def test_concurrent_decodes_share_one_pixel_budget(monkeypatch):
+    """Four 6000x6000 images decoded at once never hold more than the budget's pixels together."""
+    import threading
+
+    from klein import images
+
+    budget = images.PixelBudget(40_000_000)
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    peak, lock = [0], threading.Lock()
+    original_load = Image.Image.load
+
+    def watched_load(self):
+        with lock:
+            peak[0] = max(peak[0], budget._used)
+        return original_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", watched_load)
+    data = encoded(Image.new("L", (6000, 6000)))
+    limits = Limits(max_image_pixels=40_000_000)
+    threads = [threading.Thread(target=load_reference, args=(data, f"images[{i}]", limits)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 0 < peak[0] <= 40_000_000 and budget._used == 0
+
+
+def test_a_full_budget_is_a_busy_error_not_a_hang():
+    from klein import images
+    from klein.errors import QueueFull
+
+    budget = images.PixelBudget(100, wait_seconds=0.05)
+    with budget.reserve(100, "images[0]"):
+        with pytest.raises(QueueFull, match=r"images\[1\]: the server is busy decoding"):
+            with budget.reserve(50, "images[1]"):
+                pass

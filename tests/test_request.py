@@ -106,3 +106,11 @@ def test_safety_tolerance_range(value, fragment):
 
 def test_safety_tolerance_default_is_2():
     assert GenerationRequest(prompt="x").safety_tolerance == 2
+
+
+def test_a_huge_prompt_is_refused_by_length_before_anything_reads_it():
+    refused("prompt", "is 10,000,001 characters long; the limit is 10,000", prompt="x" * 10_000_001)
+
+
+def test_an_unpaired_surrogate_in_the_prompt_names_the_field():
+    refused("prompt", "contains an unpaired surrogate ('\\ud800')", prompt="a fox \ud800")
