@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import hmac
 import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +52,13 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("flux2-klein-base-4b", "black-forest-labs/FLUX.2-klein-base-4B", False, "Apache-2.0"),
         ModelSpec("flux2-klein-base-9b", "black-forest-labs/FLUX.2-klein-base-9B", False, "FLUX non-commercial"),
         ModelSpec("tiny", "tiny", True, "random weights, built locally"),
+        ModelSpec("tiny-base", "tiny-base", False, "random weights, built locally"),
     )
 }
 DEFAULT_GPU_MODEL = "flux2-klein-4b"
 TINY = "tiny"
+TINY_BASE = "tiny-base"  # the tiny model, not distilled: classifier-free guidance, as the base models
+TINY_MODELS = (TINY, TINY_BASE)
 AUTO = "auto"
 
 
@@ -86,6 +90,7 @@ class Settings:
     fuse_qkv: bool = False
     attention_backend: str | None = None
     mcp: bool = False
+    public_page: bool = False  # with API keys set, keep the page and Gradio API open (a demo)
     max_safety_tolerance: int = MAX_SAFETY_TOLERANCE
     image_moderation: bool = True
     limits: Limits = field(default_factory=Limits)
@@ -109,6 +114,7 @@ class Settings:
             fuse_qkv=args.fuse_qkv,
             attention_backend=args.attention_backend,
             mcp=args.mcp,
+            public_page=env_flag(environ, "KLEIN_PUBLIC_PAGE"),
             **safety_settings(environ),
         )
 
@@ -180,7 +186,7 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--model",
         default=env_text(environ, "KLEIN_MODEL", AUTO),
         help="auto (default: flux2-klein-4b with a GPU, tiny without), tiny, a name from the model table "
-        f"({', '.join(n for n in MODELS if n != TINY)}), a Hugging Face hub id, or a local folder. Env KLEIN_MODEL.",
+        f"({', '.join(n for n in MODELS if n not in TINY_MODELS)}), tiny-base, a Hugging Face hub id, or a local folder. Env KLEIN_MODEL.",
     )
     parser.add_argument(
         "--host",
@@ -330,6 +336,10 @@ class ApiKeys:
 
     def __init__(self, keys: Iterable[str]):
         self._digests = tuple(_digest(k) for k in keys if k)
+        # A key that never leaves the process, for the app's own loopback calls (Gradio's MCP server
+        # calls the Gradio API over HTTP). Valid only where configured keys are.
+        self.internal = secrets.token_urlsafe(32)
+        self._candidates = self._digests + ((_digest(self.internal),) if self._digests else ())
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -341,6 +351,6 @@ class ApiKeys:
         """True when `presented` is one of the keys; looks at every key whatever the answer."""
         candidate = _digest(presented)
         found = False
-        for digest in self._digests:
+        for digest in self._candidates:
             found |= hmac.compare_digest(digest, candidate)
         return found

@@ -162,6 +162,29 @@ def test_stub_thresholds_per_group(label, score, passes_from):
                 moderator.check_output(image, tolerance)
 
 
+# The image columns of docs/safety.md's policy table, written out: a change to POLICY must change this too.
+DOCUMENTED_THRESHOLDS = {  # tolerance: (suggestive, nudity, explicit); None: never blocked
+    0: (0.50, 0.35, 0.25), 1: (0.70, 0.45, 0.35), 2: (None, 0.60, 0.45),
+    3: (None, 0.85, 0.60), 4: (None, None, 0.80), 5: (None, None, None),
+}
+GROUP_LABELS = {"suggestive": "FEMALE_BREAST_COVERED", "nudity": "FEMALE_BREAST_EXPOSED",
+                "explicit": "FEMALE_GENITALIA_EXPOSED"}
+
+
+@pytest.mark.parametrize("tolerance", sorted(DOCUMENTED_THRESHOLDS))
+def test_every_image_threshold_blocks_at_its_documented_score_and_not_below(tolerance):
+    """Catches a threshold moved (e.g. tolerance 3's nudity from 0.85 to 0.61)."""
+    image = Image.new("RGB", (64, 64))
+    for group, threshold in zip(GROUP_LABELS, DOCUMENTED_THRESHOLDS[tolerance]):
+        scores = [0.999] if threshold is None else [threshold - 0.01]
+        for score in scores:  # just below the threshold (or anything, when never blocked): passes
+            Moderator(detector=StubDetector(Detection(GROUP_LABELS[group], score))).check_output(image, tolerance)
+        if threshold is not None:
+            with pytest.raises(ContentModerated, match=f"{group}"):
+                blocked = Moderator(detector=StubDetector(Detection(GROUP_LABELS[group], threshold)))
+                blocked.check_output(image, tolerance)
+
+
 def test_the_most_severe_group_is_reported():
     stub = StubDetector(Detection("BELLY_EXPOSED", 0.9), Detection("ANUS_EXPOSED", 0.3))
     with pytest.raises(ContentModerated, match=r"as explicit \(score 0\.30\); tolerance 0 blocks explicit at 0\.25"):

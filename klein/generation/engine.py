@@ -26,7 +26,7 @@ from ..output.encode import MIME_TYPES, encode_image
 from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
-from .job import Job, ProgressCallback, ms_since, run_job
+from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .pipeline import LoadedModel, SpeedUps, load_model
 from .prompt_cache import PromptCache
 
@@ -211,6 +211,7 @@ class Engine:
         refused is ever stored.
         """
         self._check_prompt_length(request.prompt)
+        self._job_for(request)  # what the job would need (ZeroGPU time) is known now, too
         return self._moderate_request(request)
 
     def _moderate_request(self, request: GenerationRequest) -> int:
@@ -233,17 +234,22 @@ class Engine:
     def _job_for(self, request: GenerationRequest) -> Job:
         width, height = request.output_size()
         spec = self.model.spec
-        return Job(
+        guidance = float(request.guidance if request.guidance is not None else spec.guidance)
+        job = Job(
             model_key=self.model.key,
             prompt=request.prompt,
             images=request.images,
             width=width,
             height=height,
             steps=request.steps if request.steps is not None else spec.steps,
-            guidance=float(request.guidance if request.guidance is not None else spec.guidance),
+            guidance=guidance,
             seed=request.seed if request.seed is not None else presets.random_seed(),
             model_scale=self._model_scale,
+            cfg=not spec.distilled and guidance > 1.0,
         )
+        if on_zero_gpu():
+            check_gpu_time(job)
+        return job
 
     def _run(self, job: Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
         try:

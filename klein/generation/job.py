@@ -14,6 +14,7 @@ import spaces  # on ZeroGPU Spaces it must be imported before torch touches CUDA
 import torch
 from PIL import Image
 
+from ..errors import InvalidRequest
 from .pipeline import LoadedModel, cached_model
 
 ProgressCallback = Callable[[int, int], None]
@@ -32,21 +33,40 @@ class Job:
     guidance: float
     seed: int
     model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
+    cfg: bool = False  # classifier-free guidance: a base model with guidance > 1, two transformer calls a step
 
 
 GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
 
 
-def gpu_seconds(job: Job, progress: ProgressCallback | None = None) -> int:
-    """ZeroGPU time to reserve: grows with pixels, steps, reference count and model size.
+def estimated_gpu_seconds(job: Job) -> float:
+    """The GPU time a job needs: grows with pixels, steps, reference count, model size and CFG.
 
     About 1.5 s per step-megapixel for a 4B model (a generous multiple of an H100's ~0.1 s, since a
-    ZeroGPU slice is shared and the first call also moves weights), in proportion for larger ones; each reference
-    adds tokens the transformer attends to; 10 s covers text encoding and the VAE.
+    ZeroGPU slice is shared and the first call also moves weights), in proportion for larger ones; each
+    reference adds tokens the transformer attends to; CFG runs the transformer twice a step; 10 s
+    covers text encoding and the VAE.
     """
     megapixels = job.width * job.height / 1e6
-    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale
-    return int(min(GPU_SECONDS_CAP, 10 + 1.5 * work))
+    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale * (2 if job.cfg else 1)
+    return 10 + 1.5 * work
+
+
+def check_gpu_time(job: Job) -> None:
+    """Refuse, before it starts, a job ZeroGPU would stop mid-run: its estimate is over the cap."""
+    needed = estimated_gpu_seconds(job)
+    if needed > GPU_SECONDS_CAP:
+        raise InvalidRequest(
+            "steps", f"this job needs about {needed:.0f} s of ZeroGPU time and a call may reserve at most "
+            f"{GPU_SECONDS_CAP} s: lower the steps ({job.steps}), the size ({job.width}x{job.height})"
+            + (f", the number of reference images ({len(job.images)})" if job.images else "")
+            + (" or the guidance to 1 (no CFG, half the work)" if job.cfg else ""))
+
+
+def gpu_seconds(job: Job, progress: ProgressCallback | None = None) -> int:
+    """ZeroGPU time to reserve (spaces.GPU's duration callable): the estimate, at most the cap. The
+    engine refuses a job whose estimate is over the cap before it starts."""
+    return int(min(GPU_SECONDS_CAP, estimated_gpu_seconds(job)))
 
 
 @spaces.GPU(duration=gpu_seconds)
@@ -64,6 +84,9 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
 
     t0 = time.perf_counter()
     prompt_embeds = encode_prompt_cached(model, job.prompt)
+    # The empty prompt's embedding, encoded once and cached like any prompt (the pipeline would
+    # encode it again on every call, inside the denoising time).
+    negative_embeds = encode_prompt_cached(model, "") if job.cfg else None
     timings["text_encode"] = ms_since(t0, model.device)
 
     def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
@@ -75,6 +98,7 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
     latents = pipe(
         image=list(job.images) or None,
         prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
         height=job.height,
         width=job.width,
         num_inference_steps=job.steps,

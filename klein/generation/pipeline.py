@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import Flux2KleinPipeline
 
-from ..config import MODELS, TINY, ModelSpec
+from ..config import MODELS, TINY, TINY_MODELS, ModelSpec
 from ..errors import ModelLoadError
 from . import tiny
 from .prompt_cache import PromptCache
@@ -38,7 +38,7 @@ class LoadedModel:
 
     @property
     def is_tiny(self) -> bool:
-        return self.spec.name == TINY
+        return self.spec.name in TINY_MODELS
 
 
 _cache: dict[tuple[str, str, str], LoadedModel] = {}
@@ -138,8 +138,8 @@ def _shorten(text: str, limit: int = 400) -> str:
 
 
 def _source_for(model: str, cache_dir: Path) -> str:
-    if model == TINY:
-        return str(tiny.ensure_tiny_saved(cache_dir))
+    if model in TINY_MODELS:
+        return str(tiny.ensure_tiny_saved(cache_dir, distilled=model == TINY))
     if model in MODELS:
         return MODELS[model].hub_id
     path = Path(model).expanduser()

@@ -40,8 +40,9 @@ def build_tokenizer() -> Qwen2Tokenizer:
     return Qwen2Tokenizer(vocab=vocab, merges=[], chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_pipeline(seed: int = 0) -> Flux2KleinPipeline:
-    """Build the tiny pipeline in memory with weights drawn from `seed`."""
+def build_tiny_pipeline(seed: int = 0, distilled: bool = True) -> Flux2KleinPipeline:
+    """Build the tiny pipeline in memory with weights drawn from `seed`; `distilled=False` is the base
+    variant, which runs classifier-free guidance (two transformer calls a step) as the base models do."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     text_encoder = Qwen3ForCausalLM(
@@ -83,27 +84,27 @@ def build_tiny_pipeline(seed: int = 0) -> Flux2KleinPipeline:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         transformer=transformer,
-        is_distilled=True,
+        is_distilled=distilled,
     )
 
 
-def tiny_model_dir(cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"tiny-v{TINY_VERSION}"
+def tiny_model_dir(cache_dir: Path, distilled: bool = True) -> Path:
+    return Path(cache_dir) / f"tiny{'' if distilled else '-base'}-v{TINY_VERSION}"
 
 
-def ensure_tiny_saved(cache_dir: Path) -> Path:
+def ensure_tiny_saved(cache_dir: Path, distilled: bool = True) -> Path:
     """Return the folder of the saved tiny pipeline, building and saving it first if needed.
 
     The folder is written under a temporary name and renamed into place, so a crash or a second
     process never leaves a half-written model behind.
     """
-    target = tiny_model_dir(cache_dir)
+    target = tiny_model_dir(cache_dir, distilled)
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
-        build_tiny_pipeline().save_pretrained(staging)
+        build_tiny_pipeline(distilled=distilled).save_pretrained(staging)
         try:
             os.replace(staging, target)
         except OSError:
