@@ -157,3 +157,34 @@ def test_a_zero_gpu_job_over_the_cap_is_refused_before_it_starts(base_engine, mo
     no_cfg = base_engine._job_for(GenerationRequest(prompt="x", guidance=1.0, width=512, height=512, steps=8))
     with_cfg = base_engine._job_for(GenerationRequest(prompt="x", guidance=4.0, width=512, height=512, steps=8))
     assert estimated_gpu_seconds(with_cfg) - 10 == pytest.approx(2 * (estimated_gpu_seconds(no_cfg) - 10))
+
+
+def test_start_up_warms_the_model_and_a_broken_backend_fails_there(tiny_model, cache_dir, monkeypatch, caplog):
+    from klein.config import Settings
+    from klein.errors import ModelLoadError
+    from klein.generation import engine as engine_module
+    from klein.generation.engine import Engine
+
+    calls = []
+    real_run_job = engine_module.run_job
+    monkeypatch.setattr(engine_module, "run_job", lambda job, progress: calls.append(job) or real_run_job(job, progress))
+    engine = Engine.from_settings(Settings(model="tiny", cache_dir=cache_dir))
+    assert [(job.width, job.height, job.steps) for job in calls] == [(64, 64, 1)]
+    assert engine.model is tiny_model  # the cached pipeline, not a second load
+
+    def broken(job, progress):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(engine_module, "run_job", broken)
+    with pytest.raises(ModelLoadError, match="cannot generate on cpu .*no kernel image.* Change --device"):
+        Engine.from_settings(Settings(model="tiny", cache_dir=cache_dir))
+
+
+def test_fp16_warns_that_klein_is_trained_in_bf16(cache_dir, caplog):
+    import logging
+
+    from klein.generation.pipeline import load_model
+
+    with caplog.at_level(logging.WARNING, logger="klein.generation.pipeline"):
+        load_model("tiny", cache_dir, dtype="fp16")
+    assert "trained in bf16" in caplog.text

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .. import presets
 from ..config import Settings, choose_model, on_zero_gpu
-from ..errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError
+from ..errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError, ModelLoadError
 from ..output.encode import MIME_TYPES, encode_image
 from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
@@ -96,7 +96,30 @@ class Engine:
         device = settings.device or ("cuda" if on_zero_gpu() else None)
         speed_ups = SpeedUps(settings.compile, settings.fuse_qkv, settings.attention_backend)
         model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups)
-        return cls(model, settings, reason)
+        engine = cls(model, settings, reason)
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> float:
+        """One small generation at start-up (one step, 64x64, not kept): a backend, dtype or compile
+        that cannot run here fails now with a message instead of at the first user's request, and
+        the first user gets warm timings. Returns its milliseconds."""
+        started = time.perf_counter()
+        job = Job(model_key=self.model.key, prompt="warm up", images=(), width=64, height=64, steps=1,
+                  guidance=self.model.spec.guidance, seed=0, model_scale=self._model_scale)
+        try:
+            run_job(job, None)
+        except Exception as exc:
+            speed_ups = f"attention backend {self.settings.attention_backend or 'default'}, compile " \
+                        f"{'on' if self.settings.compile else 'off'}"
+            raise ModelLoadError(
+                f"{self.model.spec.name} loaded but cannot generate on {self.model.device} "
+                f"({str(self.model.dtype).removeprefix('torch.')}, {speed_ups}): {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''} Change --device, --dtype, "
+                "--attention-backend or --compile.") from exc
+        elapsed = ms_since(started, self.model.device)
+        log.info("warm-up generation: %.0f ms", elapsed)
+        return elapsed
 
     @property
     def limits(self):

@@ -76,6 +76,9 @@ def load_model(
     """Load `model` (cached). Raises ModelLoadError naming the model and the cause."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
+    if dtype == "fp16":
+        log.warning("--dtype fp16: FLUX.2 [klein] is trained in bf16; fp16's narrower range can overflow "
+                    "(NaNs, black images). Use bf16 unless this GPU lacks it.")
     key = (model, device, dtype)
     with _cache_lock:
         if key not in _cache:
