@@ -280,6 +280,7 @@ class RestSettings:
     task_backlog: int = 32
     sync_backlog: int = 8
     max_task_attempts: int = 3
+    shutdown_grace: float = 20.0  # seconds the running task may take to finish when the server stops
 
     @property
     def results_path(self) -> Path:
@@ -306,6 +307,7 @@ class RestSettings:
             result_ttl=env_number(env, "KLEIN_RESULT_TTL", 24 * 3600.0, **positive),
             task_backlog=env_number(env, "KLEIN_TASK_BACKLOG", 32, integer=True, minimum=1),
             sync_backlog=env_number(env, "KLEIN_SYNC_BACKLOG", 8, integer=True, minimum=1),
+            shutdown_grace=env_number(env, "KLEIN_SHUTDOWN_GRACE", 20.0, minimum=0),
         )
 
 

@@ -21,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 
 from ..config import MODELS, ApiKeys, RestSettings
 from ..errors import InvalidRequest, KleinError, QueueFull
@@ -28,18 +30,15 @@ from ..images import load_reference
 from ..request import GenerationRequest, check_reference_count
 from .auth import key_dependency
 from .bodies import validation_detail
+from .gate import KeyGate
 from .remote import UrlPolicy, reference_bytes
-from .routes import TITLE, add_routes, image_url
-from .schemas import INPUT_FIELDS, ErrorBody, GenerateBody, TaskCreate
-from .tasks import TaskService
+from .routes import TITLE, add_routes, error_responses, image_url
+from .schemas import INPUT_FIELDS, GenerateBody, TaskCreate
+from .tasks import MovingAverage, TaskService, work_seconds
 from .webhooks import WebhookOutbox, WebhookSender
 
 log = logging.getLogger(__name__)
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in ((401, "Missing or invalid API key"), (422, "A field has a value that cannot be used"),
-                       (500, "Unexpected server error"))
-}
+ERRORS = error_responses(401, 500)  # every route's; each route adds its own (routes.py)
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -57,7 +56,7 @@ class RestRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 return error_response(422, validation_detail(list(exc.errors())))
-            except HTTPException as exc:
+            except StarletteHTTPException as exc:  # fastapi's HTTPException is one, and Starlette raises its own
                 return error_response(exc.status_code, str(exc.detail), exc.headers)
             except QueueFull as exc:
                 retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
@@ -76,12 +75,14 @@ class RestApi:
 
     def __init__(self, engine, settings: RestSettings):
         self.engine, self.settings = engine, settings
+        self.shutdown_grace = settings.shutdown_grace
         self.keys = ApiKeys(settings.api_keys)
         self.policy = UrlPolicy(settings.allow_private_urls, settings.fetch_timeout)
         webhook_policy = UrlPolicy(settings.allow_private_urls, settings.webhook_timeout, max_redirects=0)
         self.webhooks = WebhookSender(settings.webhook_secret, webhook_policy, settings.webhook_attempts,
                                       settings.webhook_backoff, WebhookOutbox(settings.tasks_db))
-        self.tasks = TaskService(engine, settings, self.webhooks, image_url)
+        self.work = MovingAverage()  # seconds one generation works (sync and task ones): the sync Retry-After
+        self.tasks = TaskService(engine, settings, self.webhooks, image_url, work=self.work)
         self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
         add_routes(self.router, self, key_dependency(self.keys))
         self._openapi: dict | None = None
@@ -89,19 +90,24 @@ class RestApi:
 
     @asynccontextmanager
     async def lifespan(self, _app: Any):
-        """Start the task worker and the webhook sender with the server; stop them with it."""
+        """Start the task worker and the webhook sender with the server; stop them with it (the running task
+        gets `shutdown_grace` seconds, then the webhook sender flushes what is due)."""
         self.webhooks.start()
         self.tasks.start()
         try:
             yield
         finally:
-            await run_in_threadpool(self.tasks.stop)
+            await run_in_threadpool(self.tasks.stop, self.shutdown_grace)
             await run_in_threadpool(self.webhooks.stop)
 
-    def app_kwargs(self) -> dict[str, Any]:
-        """For gr.Blocks.launch(app_kwargs=...): the REST routes and docs in Gradio's own app."""
-        return {"routes": list(self.router.routes), "openapi_url": None, "docs_url": None, "redoc_url": None,
-                "lifespan": self.lifespan}
+    def app_kwargs(self, gate: bool = False) -> dict[str, Any]:
+        """For gr.Blocks.launch(app_kwargs=...): the REST routes and docs in Gradio's own app, and with
+        `gate` (keys set, page not public) KeyGate in front of every route (gate.py)."""
+        kwargs = {"routes": list(self.router.routes), "openapi_url": None, "docs_url": None, "redoc_url": None,
+                  "lifespan": self.lifespan}
+        if gate and self.keys:
+            kwargs["middleware"] = [Middleware(KeyGate, keys=self.keys)]
+        return kwargs
 
     def create_app(self) -> FastAPI:
         """A FastAPI app with only the REST API (tests, or to mount elsewhere)."""
@@ -123,8 +129,9 @@ class RestApi:
         the limit a request is refused at once with a 503 instead of waiting.
         """
         if not self._sync_slots.acquire(blocking=False):
-            raise QueueFull(f"{self.settings.sync_backlog} requests are already running or waiting; try again "
-                            "shortly, or use the task API.", retry_after=1)
+            ahead = self.settings.sync_backlog
+            raise QueueFull(f"{ahead} requests are already running or waiting; try again shortly, or use the "
+                            "task API.", retry_after=self.work.seconds_for(ahead))
         try:
             yield
         finally:
@@ -147,8 +154,10 @@ class RestApi:
             prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
             safety_tolerance=body.safety_tolerance, limits=limits)
-        return self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
-                                    cancel=cancel, keep_file=False)
+        result = self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
+                                      cancel=cancel, keep_file=False)
+        self.work.add(work_seconds(result.timings_ms))
+        return result
 
     def _reference(self, value: str, field: str) -> bytes:
         return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)
@@ -176,7 +185,7 @@ class RestApi:
         request = GenerationRequest(images=tuple(images), limits=limits, **params)
         self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored
         params["output_format"] = request.output_format
-        if body.webhook_url:
+        if body.webhook_url is not None:  # "" too: a webhook asked for and unusable is refused, not dropped
             self.webhooks.check(body.webhook_url)
         task = self.tasks.submit(owner, params, inputs, body.webhook_url, base_url)
         return {"data": task.public(base_url, image_url)}
@@ -191,7 +200,8 @@ class RestApi:
 DESCRIPTION = """\
 Klein Studio's REST API, compatible with the hosted Klein APIs. Authenticate with an API key from
 `KLEIN_API_KEYS` in any of `Authorization: Bearer KEY`, `x-freepik-api-key: KEY`, `x-key: KEY`.
-Errors are `{"detail": "..."}`: 401 (key), 422 (a field; the detail names it), 503 (busy),
-504 (time limit), 500 (unexpected). Task webhooks are signed: `X-Klein-Signature: sha256=HMAC-SHA256(
-KLEIN_WEBHOOK_SECRET, "<X-Klein-Timestamp>.<body>")`.
+Errors are `{"detail": "..."}`: 400 (an unreadable form), 401 (key), 404 (no such task), 405 (method;
+see Allow), 406 (Accept), 413 (body size), 415 (Content-Type), 422 (a field, unknown fields included;
+the detail names it), 503 (busy; see Retry-After), 504 (time limit), 500 (unexpected). Task webhooks
+are signed: `X-Klein-Signature: sha256=HMAC-SHA256(KLEIN_WEBHOOK_SECRET, "<X-Klein-Timestamp>.<body>")`.
 """

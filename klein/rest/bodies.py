@@ -1,58 +1,95 @@
-"""Reading a REST request body, JSON or a multipart form, within its size limits, and turning
-validation errors into one `detail` string that names the field and the value."""
+"""Reading a REST request body, JSON or a multipart form, within its size limits: the one body reader
+(`read_body`) and its one error mapping, so that every problem with a body is a 4xx naming `body` or
+the field (400 an unreadable form, 413 too large, 415 neither JSON nor a form, 422 a value), never a 500.
+Validation errors become one `detail` string that names the field and the value."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.types import Message
 
 from ..config import Limits
 from ..errors import InvalidRequest
 from ..presets import MAX_REFERENCES
 from ..request import check_reference_count
-from .schemas import GenerateBody, base64_image_limit, json_body_limit
+from .remote import redact_url
+from .schemas import IGNORED_FIELDS, INTEGER_FIELDS, base64_image_limit, form_body_limit, json_body_limit
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+MAX_DEPTH = 8  # our bodies nest two deep (an object of lists of strings); deeper is never a request
+SURROGATE = re.compile("[\ud800-\udfff]")
+DIGITS = re.compile(r"-?[0-9]{1,20}")
 
 
-async def read_json_object(request: Request, limit: int) -> dict:
-    """The request's JSON object, read only up to `limit` bytes (413 past it)."""
+async def read_body(request: Request, model: type[BaseModel], limits: Limits,
+                    forms: bool = False) -> tuple[Any, list[bytes]]:
+    """The body as `model` and the uploaded files' bytes (in order; forms only, when `forms`)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    is_json = content_type == "application/json" or content_type.endswith("+json")
+    if not is_json and not (forms and content_type in FORM_TYPES):
+        accepted = "application/json or multipart/form-data" if forms else "application/json"
+        raise HTTPException(415, f"Content-Type must be {accepted}.")
+    try:
+        if is_json:
+            data, uploads = await _read_json(_limited(request, json_body_limit(limits))), []
+        else:
+            data, uploads = await _read_form(_limited(request, form_body_limit(limits)), limits)
+    except RecursionError:
+        raise InvalidRequest("body", "is nested too deeply") from None
+    except MultiPartException as exc:  # what Starlette raises outside an app; inside one, HTTPException(400)
+        raise _unreadable_form(exc.message) from None
+    except HTTPException as exc:
+        if exc.status_code == 400:
+            raise _unreadable_form(str(exc.detail)) from None
+        raise
+    check_values(data)
+    return parse_model(model, _whole_numbers(data, form=not is_json)), uploads
+
+
+def _unreadable_form(reason: str) -> HTTPException:
+    status = 413 if "maximum size" in reason else 400  # Starlette's "Part exceeded maximum size of ..."
+    return HTTPException(status, f"body: the form could not be read ({reason})")
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """`request` whose body stops at `limit` bytes (413 past it), declared or streamed."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body: {int(declared):,} bytes is over the limit of {limit:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
+    size = 0
+
+    async def receive() -> Message:
+        nonlocal size
+        message = await request.receive()
+        size += len(message.get("body", b""))
         if size > limit:
             raise HTTPException(413, f"body: over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+        return message
+
+    return Request(request.scope, receive)
+
+
+async def _read_json(request: Request) -> dict:
     try:
-        data = json.loads(b"".join(chunks))
-    except ValueError:
+        data = json.loads(await request.body())
+    except ValueError:  # UnicodeDecodeError and an integer of over 4300 digits included
         raise InvalidRequest("body", "is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body", f"must be a JSON object, got {type(data).__name__}")
     return data
 
 
-async def read_generate_body(request: Request, limits: Limits) -> tuple[GenerateBody, list[bytes]]:
-    """The body of /v1/generate and the uploaded files' bytes (in order), whatever its content type."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json" or content_type.endswith("+json"):
-        return parse_model(GenerateBody, await read_json_object(request, json_body_limit(limits))), []
-    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return await _read_form(request, limits)
-    raise HTTPException(415, "Content-Type must be application/json or multipart/form-data.")
-
-
-async def _read_form(request: Request, limits: Limits) -> tuple[GenerateBody, list[bytes]]:
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, list[bytes]]:
     per_image = base64_image_limit(limits)  # a base64 data URI in a text field
-    try:
-        form = await request.form(max_files=64, max_fields=64, max_part_size=per_image * MAX_REFERENCES)
-    except HTTPException as exc:
-        raise InvalidRequest("body", f"the form could not be read ({exc.detail})") from None
+    form = await request.form(max_files=64, max_fields=64, max_part_size=per_image * MAX_REFERENCES)
     try:
         files = [v for v in form.getlist("images") if not isinstance(v, str)]
         check_reference_count(len(files), "images")
@@ -63,9 +100,21 @@ async def _read_form(request: Request, limits: Limits) -> tuple[GenerateBody, li
             fields["images"] = texts
         if "image_uris" in fields:
             fields["image_uris"] = _uri_list(form.getlist("image_uris"))
-        return parse_model(GenerateBody, fields), uploads
+        return fields, uploads
     finally:
         await form.close()
+
+
+def _whole_numbers(data: dict[str, Any], form: bool) -> dict[str, Any]:
+    """Integer fields as integers where JSON Schema says they are: 5.0 in JSON, "5" in a form (whose values
+    are text). Anything else (true, 5.5, "five", "5" in JSON) stays, for validation to refuse and name."""
+    return {k: _whole_number(v, form) if k in INTEGER_FIELDS else v for k, v in data.items()}
+
+
+def _whole_number(value: Any, form: bool) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return int(value) if form and isinstance(value, str) and DIGITS.fullmatch(value) else value
 
 
 async def _read_upload(upload: Any, field: str, limits: Limits) -> bytes:
@@ -80,7 +129,7 @@ def _uri_list(values: list) -> list[str]:
     if len(texts) == 1 and texts[0].lstrip().startswith("["):
         try:
             parsed = json.loads(texts[0])
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidRequest("image_uris", "is not a valid JSON array of URLs or data URIs") from None
         if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
             raise InvalidRequest("image_uris", "must be a JSON array of strings (URLs or data URIs)")
@@ -88,11 +137,50 @@ def _uri_list(values: list) -> list[str]:
     return texts
 
 
+def check_values(data: dict) -> None:
+    """Refuse what no field can hold and what would break later stages: nesting deeper than MAX_DEPTH,
+    and unpaired surrogates (JSON's `\\ud800`), which are not Unicode text and cannot be encoded."""
+    stack: list[tuple[str, Any, int]] = [(str(k), v, 1) for k, v in data.items()]
+    for key in data:
+        _check_text("body", f"the field name {_shown(key)}", key)
+    while stack:
+        name, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest("body", f"is nested more than {MAX_DEPTH} deep")
+        if isinstance(value, str):
+            _check_text(name, "", value)
+        elif isinstance(value, list):
+            stack.extend((f"{name}[{i}]", v, depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(name, f"the key {_shown(key)}", key)
+                stack.append((f"{name}.{key}", item, depth + 1))
+
+
+def _check_text(field: str, what: str, text: str) -> None:
+    found = SURROGATE.search(text)
+    if found:
+        subject = f"{what} contains" if what else "contains"
+        raise InvalidRequest(field, f"{subject} an unpaired surrogate (\\u{ord(found.group()):04x}); "
+                                    "send valid Unicode text")
+
+
+def _shown(key: str) -> str:
+    return ascii(key if len(key) <= 40 else key[:40] + "...")
+
+
 def parse_model(model: type[BaseModel], data: dict) -> Any:
+    """`data` validated as `model`; fields in IGNORED_FIELDS are dropped first, other unknown fields refused."""
     try:
-        return model.model_validate(data)
+        return model.model_validate({k: v for k, v in data.items() if k not in IGNORED_FIELDS})
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+        errors = exc.errors()
+        unknown = [i for i, e in enumerate(errors) if e.get("type") == "extra_forbidden"]
+        for i in unknown:
+            errors[i]["msg"] = "is not a field of this request"
+        if unknown:  # the list of fields once, after the last unknown one
+            errors[unknown[-1]]["msg"] += f"; its fields are {', '.join(model.model_fields)}"
+        raise RequestValidationError(errors) from None
 
 
 def validation_detail(errors: list[dict]) -> str:
@@ -104,13 +192,14 @@ def validation_detail(errors: list[dict]) -> str:
             continue
         loc = [p for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
         name = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        name = name if len(name) <= 80 else name[:77] + "..."
         message = str(error.get("msg", "is invalid"))
-        if error.get("type") != "missing" and "input" in error:
+        if error.get("type") not in ("missing", "extra_forbidden") and "input" in error:
             message += f", got {_short_repr(error['input'])}"
         parts.append(f"{name or 'body'}: {message}")
     return "; ".join(parts) or "The request is invalid."
 
 
 def _short_repr(value: Any) -> str:
-    text = repr(value)
+    text = repr(redact_url(value, 10**6) if isinstance(value, str) and "://" in value else value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -4,12 +4,14 @@ A URL is refused unless it is http(s) and every address its host resolves to is 
 private, loopback, link-local, multicast, reserved...), unless the policy allows private ones
 (tests). The connection goes to the address that was checked (the Host header and TLS SNI keep
 the name), so a DNS answer that changes between check and connect cannot reach a private host.
-Redirects are followed by hand and each hop is checked again.
+Redirects are followed by hand and each hop is checked again. URLs are logged and shown only as
+`redact_url` writes them (signed URLs and webhook tokens keep their secrets in the query string).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +56,18 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _resolver = ThreadPoolExecutor(max_workers=16, thread_name_prefix="klein-dns")
 
 
+class RedactedUrls(logging.Filter):
+    """httpx logs every request's URL at INFO, query string included; this logs it as redact_url writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+logging.getLogger("httpx").addFilter(RedactedUrls())
+
+
 def is_public(address: str) -> bool:
     """A globally routable unicast address, also for IPv6 forms that carry an IPv4 one inside."""
     ip = ipaddress.ip_address(address.split("%")[0])
@@ -70,7 +84,7 @@ def is_public(address: str) -> bool:
 
 def check_url(url: str, field: str, policy: UrlPolicy) -> Target:
     """Parse, resolve and check `url`; raises InvalidRequest naming `field` when it may not be used."""
-    shown = url if len(url) <= 200 else url[:200] + "..."
+    shown = redact_url(url)
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
@@ -110,10 +124,10 @@ def fetch_bytes(url: str, field: str, policy: UrlPolicy, max_bytes: int) -> byte
                         url = str(target.url.join(response.headers["location"]))
                         continue
                     if response.status_code != 200:
-                        raise InvalidRequest(field, f"fetching {_short(url)!r} answered HTTP {response.status_code}")
+                        raise InvalidRequest(field, f"fetching {redact_url(url)!r} answered HTTP {response.status_code}")
                     return _read_limited(response, field, max_bytes, deadline)
             except httpx.HTTPError as exc:
-                raise InvalidRequest(field, f"could not fetch {_short(url)!r} ({type(exc).__name__})") from None
+                raise InvalidRequest(field, f"could not fetch {redact_url(url)!r} ({type(exc).__name__})") from None
     raise InvalidRequest(field, f"too many redirects (more than {policy.max_redirects})")
 
 
@@ -155,5 +169,12 @@ def reference_bytes(value: str, field: str, limits: Limits, policy: UrlPolicy, a
     return decode_base64(value, field, limits, expected="a URL, a data URI or valid base64 image data")
 
 
-def _short(url: str) -> str:
-    return url if len(url) <= 120 else url[:120] + "..."
+def redact_url(url: str, limit: int = 200) -> str:
+    """`url` as it may be logged or shown: without userinfo, query string and fragment, where signed URLs
+    and webhook tokens keep their secrets (`https://user:pass@host/p?sig=...` -> `https://host/p`)."""
+    text = str(url).split("#", 1)[0].split("?", 1)[0]
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -7,6 +7,8 @@ answers in the hosted Klein APIs' shapes.
     GET  /v1/ai/text-to-image/flux-2-klein/{id}        one task
     GET  /v1/ai/text-to-image/flux-2-klein/{id}/images/{n}   a result image
     GET  /docs, /openapi.json                          this API's documentation
+
+Any other method on these paths is a 405 whose Allow lists the path's methods (add_method_fallbacks).
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from ..output.encode import MIME_TYPES
 from ..presets import DEFAULT_OUTPUT_FORMAT
-from .bodies import parse_model, read_generate_body, read_json_object
+from .bodies import read_body
 from .schemas import (
     ErrorBody,
+    GenerateBody,
     GenerateResponse,
     TaskCreate,
     TaskEnvelope,
     TaskPage,
     generate_body_openapi,
-    json_body_limit,
     task_body_openapi,
 )
 
@@ -42,6 +46,30 @@ TASKS = "/v1/ai/text-to-image/flux-2-klein"
 TITLE = "Klein Studio REST API"
 DISCONNECT_POLL = 0.25  # seconds between checks that a sync client is still there
 RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+ERROR_TEXT = {
+    400: "The multipart form could not be read",
+    401: "Missing or invalid API key",
+    404: "No such task (or image) for this key",
+    406: "The Accept header and output_format disagree",
+    413: "The body (or a form field) is over the size limit",
+    415: "The Content-Type is not one this route reads",
+    422: "A field has a value that cannot be used (the detail names it); also moderation refusals",
+    500: "Unexpected server error",
+    503: "Too many requests waiting; see Retry-After",
+    504: "Generation took longer than the time limit",
+}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "Seconds until the backlog is likely to have room: the measured time of "
+                          "a generation (or task) times the ones ahead.", "required": True,
+                          "schema": {"type": "integer", "minimum": 1}}},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route answers, each `{"detail": "..."}`."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code],
+                   **({"headers": ERROR_HEADERS[code]} if code in ERROR_HEADERS else {})} for code in codes}
 
 
 def image_url(base_url: str, task_id: str, index: int) -> str:
@@ -52,10 +80,10 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
     """Every REST route on `router`, each depending on `require_key`; `api` is the RestApi (api.py) they
     call, passed in so that this module need not import the one that imports it."""
 
-    @router.post("/v1/generate", response_model=GenerateResponse, openapi_extra=generate_body_openapi(),
-                 tags=["sync"], responses={200: {"content": {t: {} for t in RAW_TYPES}},
-                                           503: {"model": ErrorBody, "description": "Too many requests waiting"},
-                                           504: {"model": ErrorBody, "description": "Generation timed out"}})
+    @router.post("/v1/generate", response_model=GenerateResponse, tags=["sync"],
+                 openapi_extra=generate_body_openapi(api.engine.model.spec.name),
+                 responses={200: {"content": {t: {} for t in RAW_TYPES}},
+                            **error_responses(400, 406, 413, 415, 422, 503, 504)})
     async def generate(request: Request, owner: str = Depends(require_key)) -> Response:
         """Generate one image and answer with it.
 
@@ -63,7 +91,7 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
         number of reference images: 0 text-to-image, 1 edit, 2..4 multi-reference. The answer is JSON
         with the image in base64, or the image itself with `Accept: image/png` or `image/jpeg`.
         """
-        body, uploads = await read_generate_body(request, api.engine.limits)
+        body, uploads = await read_body(request, GenerateBody, api.engine.limits, forms=True)
         raw = _raw_format(request.headers.get("accept"))
         if raw and body.output_format and body.output_format.lower().replace("jpg", "jpeg") != raw:
             raise HTTPException(406, f"output_format {body.output_format!r} does not match Accept: image/{raw}")
@@ -79,8 +107,7 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
             output_format=result.output_format, timings_ms=result.timings_ms).model_dump())
 
     @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
-                 openapi_extra=task_body_openapi(),
-                 responses={503: {"model": ErrorBody, "description": "The backlog is full; see Retry-After"}})
+                 openapi_extra=task_body_openapi(), responses=error_responses(413, 415, 422, 503))
     async def create_task(request: Request, owner: str = Depends(require_key)) -> dict:
         """Queue a generation and answer at once with its task id (status CREATED).
 
@@ -88,10 +115,11 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
         /v1/generate. Poll the task, or give `webhook_url` to be told of each status change.
         """
         # Read here, after the key is checked: a declared body parameter is parsed before auth.
-        body = parse_model(TaskCreate, await read_json_object(request, json_body_limit(api.engine.limits)))
+        body, _ = await read_body(request, TaskCreate, api.engine.limits)
         return await run_in_threadpool(api.submit_task, body, owner, str(request.base_url))
 
-    @router.get(TASKS, response_model=TaskPage, response_model_exclude_none=True, tags=["tasks"])
+    @router.get(TASKS, response_model=TaskPage, response_model_exclude_none=True, tags=["tasks"],
+                responses=error_responses(422))
     def list_tasks(request: Request, page: int = Query(1, ge=1, le=1_000_000),
                    per_page: int = Query(20, ge=1, le=100), owner: str = Depends(require_key)) -> dict:
         """The caller's tasks (this API key's), newest first, a page at a time."""
@@ -102,14 +130,13 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
                          "last_page": max(1, -(-total // per_page))}}
 
     @router.get(TASKS + "/{task_id}", response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
-                responses={404: {"model": ErrorBody, "description": "No such task for this key"}})
+                responses=error_responses(404))
     def get_task(task_id: str, request: Request, owner: str = Depends(require_key)) -> dict:
         """One task: CREATED, IN_PROGRESS, COMPLETED (with `generated` image URLs) or FAILED (with `error`)."""
         return {"data": api.task(owner, task_id).public(str(request.base_url), image_url)}
 
     @router.get(TASKS + "/{task_id}/images/{index}", tags=["tasks"], response_class=FileResponse,
-                responses={200: {"content": {t: {} for t in RAW_TYPES}},
-                           404: {"model": ErrorBody, "description": "No such image"}})
+                responses={200: {"content": {t: {} for t in RAW_TYPES}}, **error_responses(404, 422)})
     def task_image(task_id: str, index: int, owner: str = Depends(require_key)) -> FileResponse:
         """A result image of a COMPLETED task, as listed in its `generated`."""
         path = api.tasks.result_file(api.task(owner, task_id), index)
@@ -125,6 +152,31 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
     def docs(request: Request) -> Response:
         return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
                                    title=TITLE)
+
+    add_method_fallbacks(router)
+
+
+def add_method_fallbacks(router: APIRouter) -> None:
+    """After every route, one per REST path that answers any other method with a 405 whose Allow lists
+    every method of the path. Without it Starlette answers from the first route whose path matches, so
+    the task path (POST, then GET) would say `Allow: POST`."""
+    methods: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            methods.setdefault(route.path, set()).update(route.methods)
+    for path, allowed in methods.items():
+        router.routes.append(Route(path, MethodNotAllowed(path, ", ".join(sorted(allowed))), include_in_schema=False))
+
+
+class MethodNotAllowed:
+    """An ASGI app answering 405 with Allow; as an app (not a function) its Route matches every method."""
+
+    def __init__(self, path: str, allow: str):
+        self.path, self.allow = path, allow
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        detail = f"{scope['method']} is not allowed on {self.path}; use {self.allow}"
+        await JSONResponse({"detail": detail}, status_code=405, headers={"Allow": self.allow})(scope, receive, send)
 
 
 async def until_disconnected(request: Request, fn: Callable, *args: Any) -> Any:

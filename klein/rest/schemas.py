@@ -1,37 +1,53 @@
 """The REST API's request and response shapes, and the body size limits.
 
 Field values are checked by klein.request.GenerationRequest, as for the UI, so the messages match;
-the models here only fix the types. Defaults and descriptions come from the parameter table
-(presets.PARAMETERS) where the hosted APIs' defaults agree with it.
+the models here fix the types (integers strictly: `true` is not a seed) and refuse unknown fields.
+The OpenAPI schema of a body (`body_schema`) adds the rules GenerationRequest applies (ranges,
+enums, multiples) from the parameter table, so what the schema allows is what the server accepts.
+Defaults and descriptions come from the parameter table (presets.PARAMETERS) where the hosted APIs'
+defaults agree with it.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Limits
 from ..presets import (
+    ASPECT_PRESETS,
     ASPECT_PRESETS_V1,
     ASPECT_PRESETS_V2,
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_SAFETY_TOLERANCE,
+    MATCH_INPUT,
     MAX_REFERENCES,
+    OUTPUT_FORMATS,
     PARAMETERS,
+    RESOLUTIONS,
+    SIZE_MULTIPLE,
 )
 
 V1_NAMES, V2_NAMES = ", ".join(ASPECT_PRESETS_V1), ", ".join(ASPECT_PRESETS_V2)
 INPUT_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+INTEGER_FIELDS = ("seed", "safety_tolerance", "width", "height")
+FORMAT_NAMES = (*OUTPUT_FORMATS, "jpg")  # GenerationRequest reads "jpg" as "jpeg"
+# Fields the hosted APIs take that this server accepts and ignores (any other unknown field is a 422
+# naming it). None today: each candidate either has a meaning here or is better refused than ignored:
+# `prompt_upsampling` will become a real field; `webhook_secret` would sign with the client's secret,
+# and ignoring it would make every signature check fail on the client's side, silently.
+IGNORED_FIELDS: frozenset[str] = frozenset()
+STRICT_INT = {"strict": True}
 
 
 class GenerateBody(BaseModel):
     """POST /v1/generate as JSON (a multipart form has the same fields; `images` are then files)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="What to generate, or how to change the reference images.")
+    prompt: str = Field(description="What to generate, or how to change the reference images; not blank.")
     model: str | None = Field(None, description="A model name; must be the loaded one. Omitted: the loaded model "
                               "(flux2-klein-4b on a GPU install, tiny without a GPU).")
     images: list[str] | None = Field(None, description="Reference images as base64 or data URIs (JSON); uploaded "
@@ -40,12 +56,13 @@ class GenerateBody(BaseModel):
                                          "ignored when `images` are given. In a form, a JSON array.")
     aspect_ratio: str = Field("landscape", description=f"{V2_NAMES} (also {V1_NAMES}, match_input).")
     resolution: str = Field("1k", description="1k (about 1 MP) or 2k (about 4 MP).")
-    seed: int | None = Field(None, description=PARAMETERS["seed"].doc)
-    safety_tolerance: int = Field(DEFAULT_SAFETY_TOLERANCE, description=PARAMETERS["safety_tolerance"].doc)
+    seed: int | None = Field(None, description=PARAMETERS["seed"].doc, **STRICT_INT)
+    safety_tolerance: int = Field(DEFAULT_SAFETY_TOLERANCE, description=PARAMETERS["safety_tolerance"].doc,
+                                  **STRICT_INT)
     output_format: str | None = Field(None, description="jpeg (default), png or webp; with an image Accept "
                                       "header and no output_format, the Accept's format.")
-    width: int | None = Field(None, description=PARAMETERS["width"].doc)
-    height: int | None = Field(None, description=PARAMETERS["height"].doc)
+    width: int | None = Field(None, description=PARAMETERS["width"].doc, **STRICT_INT)
+    height: int | None = Field(None, description=PARAMETERS["height"].doc, **STRICT_INT)
 
 
 class GenerateResponse(BaseModel):
@@ -63,20 +80,22 @@ class GenerateResponse(BaseModel):
 class TaskCreate(BaseModel):
     """POST /v1/ai/text-to-image/flux-2-klein."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="What to generate, or how to change the input images.")
+    prompt: str = Field(description="What to generate, or how to change the input images; not blank.")
     aspect_ratio: str = Field("square_1_1", description=f"{V1_NAMES} (also {V2_NAMES}).")
     resolution: str = Field("1k", description="1k or 2k.")
-    seed: int | None = Field(None, description=PARAMETERS["seed"].doc)
+    seed: int | None = Field(None, description=PARAMETERS["seed"].doc, **STRICT_INT)
     input_image: str | None = Field(None, description="Reference image: base64, a data URI or an http(s) URL.")
     input_image_2: str | None = Field(None, description="Second reference image.")
     input_image_3: str | None = Field(None, description="Third reference image.")
     input_image_4: str | None = Field(None, description="Fourth reference image.")
-    safety_tolerance: int = Field(DEFAULT_SAFETY_TOLERANCE, description=PARAMETERS["safety_tolerance"].doc)
+    safety_tolerance: int = Field(DEFAULT_SAFETY_TOLERANCE, description=PARAMETERS["safety_tolerance"].doc,
+                                  **STRICT_INT)
     output_format: str = Field(DEFAULT_OUTPUT_FORMAT, description="jpeg or png (webp also works).")
-    width: int | None = Field(None, description="Klein Studio extension: custom width (with height), as /v1/generate.")
-    height: int | None = Field(None, description="Klein Studio extension: custom height (with width).")
+    width: int | None = Field(None, description="Klein Studio extension: custom width (with height), as /v1/generate.",
+                              **STRICT_INT)
+    height: int | None = Field(None, description="Klein Studio extension: custom height (with width).", **STRICT_INT)
     webhook_url: str | None = Field(None, description="Gets a signed POST of the task on every status change.")
 
 
@@ -116,17 +135,82 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def generate_body_openapi() -> dict[str, Any]:
-    """The request body of /v1/generate for the OpenAPI page: JSON or a multipart form."""
-    json_schema = GenerateBody.model_json_schema()
-    form_schema = json.loads(json.dumps(json_schema))
-    form_schema["properties"]["images"] = {"type": "array", "items": {"type": "string", "format": "binary"},
-                                           "description": "Reference image files (0..4)."}
-    form_schema["properties"]["image_uris"] = {"type": "string", "description": "A JSON array of URLs / data URIs."}
+def _integer(name: str, multiple: int | None = None) -> dict[str, Any]:
+    parameter = PARAMETERS[name]
+    rule = {"type": "integer", "minimum": int(parameter.minimum), "maximum": int(parameter.maximum)}
+    return rule | ({"multipleOf": multiple} if multiple else {})
+
+
+def field_rules() -> dict[str, dict[str, Any]]:
+    """What GenerationRequest (and the body reader) accept for each field, as JSON Schema."""
+    references = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_REFERENCES}
+    prompt = PARAMETERS["prompt"]
+    return {
+        "prompt": {"type": "string", "minLength": 1, "pattern": r"\S"}
+        | ({"maxLength": int(prompt.maximum)} if prompt.maximum else {}),
+        "seed": _integer("seed"),
+        "safety_tolerance": _integer("safety_tolerance"),
+        "width": _integer("width", SIZE_MULTIPLE),
+        "height": _integer("height", SIZE_MULTIPLE),
+        "aspect_ratio": {"type": "string", "enum": [*ASPECT_PRESETS, MATCH_INPUT]},
+        "resolution": {"type": "string", "enum": list(RESOLUTIONS)},
+        "output_format": {"type": "string", "enum": list(FORMAT_NAMES)},
+        "images": references,
+        "image_uris": references,
+        "webhook_url": {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/?#@]+(/\S*)?$"},
+    }
+
+
+SIZES = {"width": {"type": "integer"}, "height": {"type": "integer"}}
+# A custom size is width and height both, or neither: absent or null in JSON, absent in a form.
+BOTH_OR_NEITHER = {"anyOf": [{"required": ["width", "height"], "properties": SIZES},
+                             {"properties": {"width": {"type": "null"}, "height": {"type": "null"}}}]}
+FORM_BOTH_OR_NEITHER = {"dependentRequired": {"width": ["height"], "height": ["width"]}}
+
+
+def body_schema(model: type[BaseModel], overrides: dict[str, dict[str, Any]] | None = None,
+                form: bool = False) -> dict[str, Any]:
+    """The model's JSON schema with the value rules of `field_rules` (and `overrides`) on its fields; for
+    a form, without null (a form field is text or absent)."""
+    schema = model.model_json_schema()
+    rules = field_rules() | (overrides or {})
+    for name, prop in schema["properties"].items():
+        _apply_rule(prop, rules.get(name, {}), form)
+    return schema | (FORM_BOTH_OR_NEITHER if form else BOTH_OR_NEITHER)
+
+
+def _apply_rule(prop: dict[str, Any], rule: dict[str, Any], form: bool) -> None:
+    """Put `rule` on a property, on its non-null branch when the property is nullable."""
+    branches = prop.pop("anyOf", None)
+    if not branches or {"type": "null"} not in branches:
+        prop.update(copy.deepcopy(rule), **({"anyOf": branches} if branches else {}))
+        return
+    typed = [copy.deepcopy(rule) or b for b in branches if b != {"type": "null"}]
+    if form:
+        prop.update(typed[0] if len(typed) == 1 else {"anyOf": typed})
+        prop.pop("default", None)
+    else:
+        prop["anyOf"] = [*typed, {"type": "null"}]
+
+
+def generate_body_openapi(model_name: str) -> dict[str, Any]:
+    """The request body of /v1/generate for the OpenAPI page: JSON or a multipart form. `model_name` is
+    the loaded model, the one name `model` may have."""
+    model_rule = {"model": {"type": "string", "enum": [model_name]}}
+    json_schema = body_schema(GenerateBody, model_rule)
+    form_schema = body_schema(GenerateBody, model_rule | {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_REFERENCES},
+        "image_uris": {"type": "string", "description": "A JSON array of URLs / data URIs."}}, form=True)
+    form_schema["properties"]["images"]["description"] = "Reference image files (0..4)."
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": json_schema},
         "multipart/form-data": {"schema": form_schema},
     }}}
+
+
+def task_body_openapi() -> dict[str, Any]:
+    """The request body of task creation for the OpenAPI page (the route reads it itself, after auth)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(TaskCreate)}}}}
 
 
 def base64_image_limit(limits: Limits) -> int:
@@ -139,6 +223,6 @@ def json_body_limit(limits: Limits) -> int:
     return MAX_REFERENCES * base64_image_limit(limits) + 1024 * 1024
 
 
-def task_body_openapi() -> dict[str, Any]:
-    """The request body of task creation for the OpenAPI page (the route reads it itself, after auth)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": TaskCreate.model_json_schema()}}}}
+def form_body_limit(limits: Limits) -> int:
+    """The largest form worth reading: the JSON limit (text fields), plus every reference image as a file."""
+    return json_body_limit(limits) + MAX_REFERENCES * (limits.max_image_bytes + 64 * 1024)

@@ -5,6 +5,10 @@ At start-up CREATED tasks run in order; a task that was IN_PROGRESS when the pro
 case it FAILS with that reason (a task that crashes the process must not crash it forever). Results
 are written atomically and deleted, with their task, `result_ttl` seconds after the task finished.
 One process per database.
+
+Stopping (the server's shutdown) is not a crash: the running task may finish within a grace period,
+else it is cancelled and handed back, still IN_PROGRESS and without counting the attempt, so it runs
+first on the next start and ordinary restarts never fail a task.
 """
 
 from __future__ import annotations
@@ -28,45 +32,87 @@ from .store import COMPLETED, CREATED, FAILED, IN_PROGRESS, ImageUrl, Task, Task
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 20.0  # seconds the running task may take to finish when the server stops
+CANCEL_WAIT = 5.0  # seconds more for a cancelled generation to reach its next step
+FIRST_GUESS = 5.0  # seconds per task (or generation) until one has been measured
+
+
+class MovingAverage:
+    """An exponentially weighted moving average of durations in seconds; `prior` until one is added."""
+
+    def __init__(self, prior: float = FIRST_GUESS, weight: float = 0.3):
+        self.value, self.weight, self._seen = prior, weight, False
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.value = self.value + self.weight * (seconds - self.value) if self._seen else seconds
+            self._seen = True
+
+    def seconds_for(self, count: int) -> int:
+        """Seconds that `count` more of these take, rounded up and at least 1: a Retry-After."""
+        return max(1, math.ceil(self.value * count))
+
+
+def work_seconds(timings_ms: dict[str, float]) -> float:
+    """The time a generation worked (its stages), without the time it waited for the GPU lane."""
+    return sum(v for k, v in timings_ms.items() if k != "total") / 1000
 
 
 class TaskService:
-    """Accepts tasks, runs them one at a time through the engine, reports each status change."""
+    """Accepts tasks, runs them one at a time through the engine, reports each status change.
 
-    def __init__(self, engine, settings: RestSettings, webhooks: WebhookSender, image_url: ImageUrl):
+    `task_seconds` averages how long a task takes (the task backlog's Retry-After); `work`, when given,
+    is fed every generation's working time (the sync backlog's Retry-After, in RestApi).
+    """
+
+    def __init__(self, engine, settings: RestSettings, webhooks: WebhookSender, image_url: ImageUrl,
+                 work: MovingAverage | None = None):
         self.engine, self.settings, self.webhooks, self.image_url = engine, settings, webhooks, image_url
         self.store = TaskStore(settings.tasks_db)
         self.results_dir = settings.results_path
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        self._submit_lock = threading.Lock()
-        self._wake, self._stop = threading.Event(), threading.Event()
+        self.task_seconds, self.work = MovingAverage(), work
+        self._submit_lock, self._current_lock = threading.Lock(), threading.Lock()
+        self._current: str | None = None  # the task running now, until it finishes or is handed back
+        # Each start gets its own events, so a worker still finishing after stop() never resumes.
+        self._wake, self._draining, self._cancel = threading.Event(), threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
-        self._seconds_per_task = 5.0
+        self._grace = SHUTDOWN_GRACE
         self._next_cleanup = 0.0
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="klein-tasks", daemon=True)
+        if self._thread is None or self._draining.is_set():
+            self._draining, self._cancel = threading.Event(), threading.Event()
+            self._thread = threading.Thread(target=self._loop, args=(self._draining, self._cancel),
+                                            name="klein-tasks", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current step; an interrupted task stays IN_PROGRESS and runs on the next start."""
-        self._stop.set()
+    def stop(self, grace_seconds: float = SHUTDOWN_GRACE) -> None:
+        """Take no more tasks; let the running one finish within `grace_seconds`, else cancel it and hand it
+        back (IN_PROGRESS, its attempt not counted) to run first on the next start."""
+        self._grace = grace_seconds
+        self._draining.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._thread is not None:  # a second stop() (the app's, after the server's) waits for the same one
+            self._thread.join(grace_seconds)
+            if self._thread.is_alive():
+                self._cancel.set()
+                self._thread.join(CANCEL_WAIT)
+        self._hand_back()  # still in a step (or waiting for the GPU): hand it back now, before the process ends
 
     def submit(self, owner: str, params: dict, inputs: list[bytes], webhook_url: str | None, base_url: str) -> Task:
         """Store a validated task; raises QueueFull (503) when the backlog is full."""
         now = time.time()
         task = Task(str(uuid.uuid4()), owner, CREATED, params, webhook_url, base_url, None, None, 0, now, now, None)
         with self._submit_lock:
-            pending = self.store.pending_count()
+            if self._draining.is_set():
+                raise QueueFull("The server is shutting down; try again shortly.",
+                                retry_after=max(1, math.ceil(self._grace)))
+            pending = self.store.pending_count()  # the running task included: all of them are ahead
             if pending >= self.settings.task_backlog:
                 raise QueueFull(f"The task backlog is full ({pending} tasks waiting); try again later.",
-                                retry_after=max(1, math.ceil(self._seconds_per_task * pending)))
+                                retry_after=self.task_seconds.seconds_for(pending))
             self.store.add(task, inputs)
         self._notify(task)
         self._wake.set()
@@ -80,10 +126,10 @@ class TaskService:
         files = (task.result or {}).get("files", [])
         return self.results_dir / files[index] if task.status == COMPLETED and 0 <= index < len(files) else None
 
-    def _loop(self) -> None:
+    def _loop(self, draining: threading.Event, cancel: threading.Event) -> None:
         for stray in self.results_dir.glob("*.part"):
             stray.unlink(missing_ok=True)
-        while not self._stop.is_set():
+        while not draining.is_set():
             self._cleanup_if_due()
             task = self.store.next_runnable()
             if task is None:
@@ -91,38 +137,59 @@ class TaskService:
                 self._wake.clear()
                 continue
             try:
-                self._run(task)
+                self._run(task, cancel)
             except Exception:  # the worker must outlive any one task
                 log.exception("task %s: unexpected error in the worker", task.id)
                 self._finish(task, FAILED, error="The task failed unexpectedly; the server log has the details.")
 
-    def _run(self, task: Task) -> None:
+    def _run(self, task: Task, cancel: threading.Event) -> None:
         if task.attempts >= self.settings.max_task_attempts:
             self._finish(task, FAILED, error=f"Interrupted by a server restart {task.attempts} times; not retried.")
             return
         previous = task.status
         task = self.store.update(task.id, status=IN_PROGRESS, attempts=task.attempts + 1)
+        with self._current_lock:
+            self._current = task.id
         if previous != IN_PROGRESS:
             self._notify(task)
         started = time.monotonic()
         try:
-            result = self.engine.generate(self._request_for(task), cancel=self._stop,
-                                          deadline=started + self.settings.generation_timeout, keep_file=False)
+            self._generate(task, cancel, deadline=started + self.settings.generation_timeout)
         except GenerationCancelled as exc:
-            if self._stop.is_set():  # shutting down: run it again on the next start
-                self.store.update(task.id, attempts=task.attempts - 1)
+            if cancel.is_set():  # stopping: not this task's fault, so not one of its attempts
+                self._hand_back(task.id)
                 return
             self._finish(task, FAILED, error=str(exc))
-            return
         except KleinError as exc:
             self._finish(task, FAILED, error=str(exc))
-            return
-        self._seconds_per_task = time.monotonic() - started
+        finally:
+            with self._current_lock:
+                if self._current == task.id:
+                    self._current = None
+        self.task_seconds.add(time.monotonic() - started)
+
+    def _generate(self, task: Task, cancel: threading.Event, deadline: float) -> None:
+        result = self.engine.generate(self._request_for(task), cancel=cancel, deadline=deadline, keep_file=False)
+        if self.work is not None:
+            self.work.add(work_seconds(result.timings_ms))
         name = f"{task.id}-0.{EXTENSIONS[result.output_format]}"
         _write_atomically(self.results_dir / name, result.data)
         info = result.info()
         info.pop("steps", None), info.pop("guidance", None)
         self._finish(task, COMPLETED, result={"files": [name], **info})
+
+    def _hand_back(self, task_id: str | None = None) -> None:
+        """Undo the running task's attempt, once, whoever comes first (the worker, or stop() when the
+        worker is still busy); the task stays IN_PROGRESS and runs first on the next start."""
+        with self._current_lock:
+            current = self._current
+            if current is None or task_id not in (None, current):
+                return
+            self._current = None
+        task = self.store.get(current)
+        if task is not None and task.status == IN_PROGRESS:
+            self.store.update(current, attempts=max(0, task.attempts - 1))
+            log.info("task %s handed back for the next start", current)
 
     def _request_for(self, task: Task) -> GenerationRequest:
         limits = self.engine.limits

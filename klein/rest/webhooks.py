@@ -8,7 +8,8 @@ up to `attempts` tries. Deliveries for one task keep their order: a later status
 earlier one to be delivered or given up. A few sender threads share the work, so a slow receiver
 holds up only its own task's deliveries. With an outbox (WebhookOutbox, a table in the task database) every
 pending delivery is written down before it is queued and crossed off when delivered or given up,
-so a restart sends what a crash left pending, in order.
+so a restart sends what a crash left pending, in order. Stopping flushes: each delivery due by then is
+attempted once more (within a time limit); what is left stays in the outbox for the next start.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import InvalidRequest
-from .remote import UrlPolicy, check_url
+from .remote import UrlPolicy, check_url, redact_url
 from .store import connect
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class WebhookSender:
         self._counter = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._flush_until = 0.0  # while stopping, due deliveries are still attempted until then
         self._threads: list[threading.Thread] = []
 
     @property
@@ -140,18 +142,24 @@ class WebhookSender:
             if self._outbox is not None and self.enabled and not self._queues:
                 for delivery in self._outbox.pending():
                     self._enqueue(delivery)
+            self._due = []  # what a stop left queued goes first, each task's oldest delivery once
+            for key in self._queues:
+                self._schedule(key, time.monotonic())
             self._threads = [threading.Thread(target=self._loop, name=f"klein-webhooks-{i}", daemon=True)
                              for i in range(SENDERS)]
             for thread in self._threads:
                 thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the senders after a flush: each delivery due by then (a later status of a task included,
+        once the earlier one is delivered) is attempted once more, for at most `timeout` seconds in all.
+        What is left (a failed attempt, a retry not due yet) stays in the outbox for the next start."""
         with self._cond:
             self._stopping = True
+            self._flush_until = time.monotonic() + timeout
             self._cond.notify_all()
-        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, self._flush_until - time.monotonic()))
         self._threads = []
 
     def pending(self) -> int:
@@ -174,12 +182,15 @@ class WebhookSender:
                 self._finish(delivery, ok)
 
     def _next_due(self) -> Delivery | None:
-        while not self._stopping:
-            if self._due and self._due[0][0] <= time.monotonic():
+        while True:
+            now = time.monotonic()
+            due = bool(self._due) and self._due[0][0] <= now
+            if self._stopping and (not due or now >= self._flush_until):
+                return None
+            if due:
                 _, _, key = heapq.heappop(self._due)
                 return self._queues[key][0]
-            self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
-        return None
+            self._cond.wait(self._due[0][0] - now if self._due else None)
 
     def _will_retry(self, delivery: Delivery, ok: bool) -> bool:
         return not ok and delivery.attempt < self.attempts
@@ -196,11 +207,12 @@ class WebhookSender:
     def _finish(self, delivery: Delivery, ok: bool) -> None:
         queue = self._queues[delivery.key]
         if self._will_retry(delivery, ok):
-            self._schedule(delivery.key, time.monotonic() + self.backoff * 2 ** (delivery.attempt - 1))
+            if not self._stopping:  # stopping: the retry is the next start's (the outbox has it)
+                self._schedule(delivery.key, time.monotonic() + self.backoff * 2 ** (delivery.attempt - 1))
             return
         if not ok:
-            log.warning("webhook for task %s given up after %d attempts: %s", delivery.key, delivery.attempt,
-                        "; ".join(delivery.history))
+            log.warning("webhook for task %s to %s given up after %d attempts: %s", delivery.key,
+                        redact_url(delivery.url), delivery.attempt, "; ".join(delivery.history))
         queue.popleft()
         if queue:
             self._schedule(delivery.key, time.monotonic())
