@@ -11,6 +11,7 @@ its routes go in through launch(app_kwargs=...), so a share link carries them to
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from klein.config import RestSettings, Settings
@@ -54,8 +55,26 @@ def main(argv: list[str] | None = None) -> int:
 
     rest = create_rest(engine, rest_settings)
     log.info("REST API docs at http://%s:%s/docs", settings.host, settings.port)
-    launch(demo, engine, settings, app_kwargs=rest.app_kwargs())
+    stop_on_sigterm()
+    try:
+        launch(demo, engine, settings, keys=rest.keys, app_kwargs=rest.app_kwargs(gate=not settings.public_page))
+    finally:
+        # Gradio gives the server 5 s to stop; the running task's grace period and the webhook flush
+        # are ours to wait for, so an ordinary restart neither fails a task nor loses a delivery.
+        log.info("shutting down: finishing or handing back the running task, flushing webhooks")
+        rest.tasks.stop(rest.shutdown_grace)
+        rest.webhooks.stop()
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, Spaces) stops the app as Ctrl+C does: Gradio closes the server on
+    KeyboardInterrupt, and its shutdown stops the task worker gracefully."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

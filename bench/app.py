@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}  # with keys set, the Gradio API needs one too
 PROMPT = "a lighthouse on a cliff at dusk"
 
 
@@ -62,7 +63,7 @@ class App:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "gradio_api/info", timeout=2).status_code == 200:
+                if httpx.get(self.url + "gradio_api/info", headers=AUTH, timeout=2).status_code == 200:
                     return (time.perf_counter() - self.started) * 1000
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -120,8 +121,8 @@ def bench_overhead(app: App, cache_dir: str, runs: int) -> None:
     from klein.request import GenerationRequest
 
     engine = Engine.from_settings(Settings(model="tiny", cache_dir=Path(cache_dir)))
-    client = Client(app.url, verbose=False)
-    http = httpx.Client(base_url=app.url, timeout=60)
+    client = Client(app.url, headers=AUTH, verbose=False)
+    http = httpx.Client(base_url=app.url, headers=AUTH, timeout=60)
 
     def rest() -> float:
         answer = http.post("v1/generate", json={"prompt": PROMPT, "seed": 1, "aspect_ratio": "square"},
@@ -160,7 +161,7 @@ def bench_cold_start(cache_dir: str, runs: int) -> None:
         app = App(cache_dir)
         try:
             ready = app.wait_ready()
-            Client(app.url, verbose=False).predict(prompt=PROMPT, api_name="/text_to_image")
+            Client(app.url, headers=AUTH, verbose=False).predict(prompt=PROMPT, api_name="/text_to_image")
             first = (time.perf_counter() - app.started) * 1000
             rows.append([ready, first, rss_mib(app.process.pid)])
         finally:
@@ -182,7 +183,7 @@ def bench_load(cache_dir: str, users: int, seconds: float, queue_size: int) -> N
     stop_at = time.monotonic() + seconds
 
     def user() -> None:
-        client = Client(app.url, verbose=False)
+        client = Client(app.url, headers=AUTH, verbose=False)
         while time.monotonic() < stop_at:
             t0 = time.perf_counter()
             try:

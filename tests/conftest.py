@@ -56,7 +56,8 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 120) -
         if process.poll() is not None:
             raise RuntimeError(f"app exited early with code {process.returncode}")
         try:
-            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+            # 401: up, with API keys set (the Gradio API then needs one too)
+            if httpx.get(url + "gradio_api/info", timeout=2).status_code in (200, 401):
                 return
         except httpx.HTTPError:
             pass

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from .. import presets
-from ..config import Settings
+from ..config import ApiKeys, Settings
 from ..errors import InvalidRequest
 from ..generation.engine import Engine
 from ..images import load_reference
@@ -29,6 +29,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Enter in a prompt box generates, Shift+Enter adds a line (Gradio's own multi-line box does the reverse).
 ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
 # System fonts only: the page must not fetch web fonts from another host.
+LOGIN_MESSAGE = "Log in with any user name and one of this server's API keys (KLEIN_API_KEYS) as the password."
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "Consolas", "monospace"])
 
@@ -124,10 +125,26 @@ def build_demo(engine: Engine) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, engine: Engine, settings: Settings, **kwargs: Any):
-    """Launch the app with the house theme, the upload limit, the output folder allowed, and MCP if asked."""
+def login_check(keys: ApiKeys):
+    """For launch(auth=...): any user name, and an API key as the password."""
+
+    def check(_username: str, password: str) -> bool:
+        return keys.is_valid(password.strip())
+
+    return check
+
+
+def launch(demo: gr.Blocks, engine: Engine, settings: Settings, keys: ApiKeys | None = None, **kwargs: Any):
+    """Launch the app with the house theme, the upload limit, the output folder allowed, and MCP if asked.
+
+    With `keys` (and settings.public_page off) the page and every Gradio route need a login whose
+    password is an API key; scripts and agents send the key in a header instead (rest/gate.py).
+    """
+    gated = bool(keys) and not settings.public_page
     if settings.mcp:
-        fix_gradio_mcp_server()
+        fix_gradio_mcp_server(keys.internal if gated else None)
+    if gated:
+        kwargs.update(auth=login_check(keys), auth_message=LOGIN_MESSAGE)
     return demo.launch(
         server_name=settings.host,
         server_port=settings.port,
