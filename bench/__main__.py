@@ -4,7 +4,8 @@ import platform
 import subprocess
 import sys
 
-MODULES = ("bench.stages", "bench.safety", "bench.app", "bench.rest", "bench.browser", "bench.gpu")
+MODULES = ("bench.stages", "bench.safety", "bench.app", "bench.rest", "bench.soak", "bench.load", "bench.browser",
+           "bench.gpu")
 
 if __name__ == "__main__":
     print(f"# Klein Studio benchmarks\n\nMachine: {platform.machine()}, {platform.python_version()}\n")

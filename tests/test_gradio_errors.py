@@ -83,3 +83,12 @@ def test_a_bomb_in_the_gallery_names_its_index(client_for_app, tmp_path):
 @pytest.fixture(scope="module")
 def client_for_app(app_url):
     return Client(app_url, verbose=False)
+
+
+def test_a_truncated_image_that_claims_36_megapixels_is_refused(client_for_app, tmp_path):
+    """A 97-byte PNG that says 6000x6000: its pixel data is missing, so it is refused, not decoded as
+    36 MP of nothing (issue 11)."""
+    truncated = header_only_png(tmp_path / "truncated.png", 6000, 6000)
+    assert (tmp_path / "truncated.png").stat().st_size < 120
+    with pytest.raises(AppError, match=r"image: image data is corrupt or truncated"):
+        client_for_app.predict(image=handle_file(truncated), prompt="x", api_name="/edit")
