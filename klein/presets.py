@@ -93,6 +93,9 @@ MAX_REFERENCES = 4
 MAX_PROMPT_CHARACTERS = 10_000
 MULTI_REFERENCE_MIN = 2
 DISTILLED_MAX_STEPS = 16  # the steps slider's end for distilled models (4 is their default)
+MIN_STEPS, MAX_STEPS = 1, 100
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
+MAX_TOLERANCE = 5
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,12 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "(with height; overrides the preset).", MIN_SIDE, MAX_SIDE),
     Parameter("height", 1024, f"custom height in pixels, a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE} "
               "(with width).", MIN_SIDE, MAX_SIDE),
-    Parameter("steps", None, "denoising steps, 1..100 (the model's default: 4 for distilled models, 50 for base "
-              "models).", 1, 100),
-    Parameter("guidance", None, "guidance scale 0..20, used by base models only (default 4).", 0.0, 20.0),
-    Parameter("safety_tolerance", 2, "0 (strictest) to 5 (most permissive), default 2; moderates the prompt, the "
-              "reference images and the result.", 0, 5),
+    Parameter("steps", None, f"denoising steps, {MIN_STEPS}..{MAX_STEPS} (the model's default: 4 for distilled "
+              "models, 50 for base models).", MIN_STEPS, MAX_STEPS),
+    Parameter("guidance", None, f"guidance scale {MIN_GUIDANCE:g}..{MAX_GUIDANCE:g}, used by base models only "
+              "(default 4).", MIN_GUIDANCE, MAX_GUIDANCE),
+    Parameter("safety_tolerance", 2, f"0 (strictest) to {MAX_TOLERANCE} (most permissive), default 2; moderates "
+              "the prompt, the reference images and the result.", 0, MAX_TOLERANCE),
 )}
 SAFETY_TOLERANCE = PARAMETERS["safety_tolerance"]
 STEPS = PARAMETERS["steps"]

@@ -171,6 +171,10 @@ def test_start_up_warms_the_model_and_a_broken_backend_fails_there(tiny_model, c
     engine = Engine.from_settings(Settings(model="tiny", cache_dir=cache_dir))
     assert [(job.width, job.height, job.steps) for job in calls] == [(64, 64, 1)]
     assert engine.model is tiny_model  # the cached pipeline, not a second load
+    monkeypatch.setattr(engine_module, "on_zero_gpu", lambda: True)
+    Engine.from_settings(Settings(model="tiny", cache_dir=cache_dir, device="cpu"))
+    assert len(calls) == 1  # on ZeroGPU the GPU attaches per call: no warm-up to spend quota on
+    monkeypatch.setattr(engine_module, "on_zero_gpu", lambda: False)
 
     def broken(job, progress):
         raise RuntimeError("no kernel image is available for execution on the device")

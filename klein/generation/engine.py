@@ -27,7 +27,7 @@ from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
 from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
-from .pipeline import LoadedModel, SpeedUps, load_model
+from .pipeline import LoadedModel, SpeedUps, first_line, load_model
 from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class Engine:
         speed_ups = SpeedUps(settings.compile, settings.fuse_qkv, settings.attention_backend)
         model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups)
         engine = cls(model, settings, reason)
-        engine.warm_up()
+        if not on_zero_gpu():  # there the GPU attaches per call: nothing to warm, and it would spend quota
+            engine.warm_up()
         return engine
 
     def warm_up(self) -> float:
@@ -105,18 +106,16 @@ class Engine:
         that cannot run here fails now with a message instead of at the first user's request, and
         the first user gets warm timings. Returns its milliseconds."""
         started = time.perf_counter()
-        job = Job(model_key=self.model.key, prompt="warm up", images=(), width=64, height=64, steps=1,
-                  guidance=self.model.spec.guidance, seed=0, model_scale=self._model_scale)
+        job = self._job_for(GenerationRequest(prompt="warm up", width=64, height=64, steps=1, seed=0))
         try:
             run_job(job, None)
         except Exception as exc:
-            speed_ups = f"attention backend {self.settings.attention_backend or 'default'}, compile " \
-                        f"{'on' if self.settings.compile else 'off'}"
+            speed_ups = (f"attention backend {self.settings.attention_backend or 'default'}, "
+                         f"compile {'on' if self.settings.compile else 'off'}")
             raise ModelLoadError(
                 f"{self.model.spec.name} loaded but cannot generate on {self.model.device} "
-                f"({str(self.model.dtype).removeprefix('torch.')}, {speed_ups}): {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''} Change --device, --dtype, "
-                "--attention-backend or --compile.") from exc
+                f"({str(self.model.dtype).removeprefix('torch.')}, {speed_ups}): {first_line(exc)} "
+                "Change --device, --dtype, --attention-backend or --compile.") from exc
         elapsed = ms_since(started, self.model.device)
         log.info("warm-up generation: %.0f ms", elapsed)
         return elapsed

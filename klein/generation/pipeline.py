@@ -123,9 +123,8 @@ def _load(model: str, cache_dir: Path, device: str, dtype: str) -> LoadedModel:
         pipe = Flux2KleinPipeline.from_pretrained(source, dtype=DTYPES[dtype])
         pipe.to(device)
     except Exception as exc:
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"Could not load model {model!r} ({source}) on {device}: {type(exc).__name__}: {_shorten(cause)} "
+            f"Could not load model {model!r} ({source}) on {device}: {first_line(exc)} "
             "Check the name, your network and Hugging Face access (gated models need `hf auth login`), "
             "or run with --model tiny to try the app without downloading weights."
         ) from exc
@@ -134,6 +133,12 @@ def _load(model: str, cache_dir: Path, device: str, dtype: str) -> LoadedModel:
         pipe=pipe, spec=_spec_for(model, pipe), source=source, device=device, dtype=DTYPES[dtype],
         key=(model, device, dtype),
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: the first line of its message`, shortened: enough for a one-line start-up error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {_shorten(text.splitlines()[0] if text else type(exc).__name__)}"
 
 
 def _shorten(text: str, limit: int = 400) -> str:
