@@ -72,10 +72,25 @@ def test_progress_counts_denoising_steps(engine):
 def test_prompt_longer_than_the_token_budget(engine):
     limit = engine.prompt_token_limit
     assert 400 < limit < 512
-    engine.generate(GenerationRequest(prompt="a" * limit, **SMALL))  # exactly at the limit is fine
+    words = lambda n: "a" + " a" * (n - 1)  # noqa: E731 - each word is one token: n words, n tokens
+    engine.generate(GenerationRequest(prompt=words(limit), **SMALL))  # exactly at the limit is fine
     with pytest.raises(InvalidRequest) as info:
-        engine.generate(GenerationRequest(prompt="a" * (limit + 1), **SMALL))
+        engine.generate(GenerationRequest(prompt=words(limit + 1), **SMALL))
     assert str(info.value).startswith("prompt: ") and f"at most {limit} tokens" in str(info.value)
+
+
+ENGLISH_PROMPT = ("portrait of an old fisherman with a weathered face, soft window light, shallow depth of field, "
+                  "a cozy harbour town in the morning with fishing boats and seagulls, pastel colours. ")
+
+
+def test_english_prompts_take_about_four_characters_a_token(engine):
+    """The tiny tokenizer has merges like Qwen's, so a long ordinary prompt that the real model takes
+    (about 1,800 characters here, ~450 tokens) is not refused by the tiny one."""
+    per_token = len(ENGLISH_PROMPT) / (engine.count_prompt_tokens(ENGLISH_PROMPT) - engine.count_prompt_tokens(""))
+    assert 3.5 < per_token < 5
+    long_prompt = ENGLISH_PROMPT * 10
+    assert len(long_prompt) > 1700
+    engine.generate(GenerationRequest(prompt=long_prompt, **SMALL))
 
 
 def test_cancel_stops_between_steps_and_frees_the_lane(engine):
