@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 from .presets import MAX_SAFETY_TOLERANCE
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
+OFFLOAD_MODES = ("auto", "none", "model", "sequential")  # the memory modes: docs in README "Memory"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -89,6 +90,8 @@ class Settings:
     compile: bool = False
     fuse_qkv: bool = False
     attention_backend: str | None = None
+    offload: str = "auto"
+    vae_tiling: bool = False
     mcp: bool = False
     public_page: bool = False  # with API keys set, keep the page and Gradio API open (a demo)
     max_safety_tolerance: int = MAX_SAFETY_TOLERANCE
@@ -113,6 +116,8 @@ class Settings:
             compile=args.compile,
             fuse_qkv=args.fuse_qkv,
             attention_backend=args.attention_backend,
+            offload=args.offload,
+            vae_tiling=args.vae_tiling,
             mcp=args.mcp,
             public_page=env_flag(environ, "KLEIN_PUBLIC_PAGE"),
             **safety_settings(environ),
@@ -231,6 +236,15 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env_number(environ, "KLEIN_PROMPT_CACHE_MB", 256, integer=True, minimum=0),
         help="memory for cached prompt embeddings, so a repeated prompt skips the text encoder (0: off)",
     )
+    memory = parser.add_argument_group("GPU memory (README: Memory)")
+    memory.add_argument(
+        "--offload", choices=OFFLOAD_MODES, default=env_choice(environ, "KLEIN_OFFLOAD", OFFLOAD_MODES) or "auto",
+        help="auto (default: the fastest mode that fits the free GPU memory), none (everything on the GPU), model "
+        "(each component moves to the GPU while it runs), sequential (each layer does: slowest, least memory); "
+        "env KLEIN_OFFLOAD")
+    memory.add_argument("--vae-tiling", action="store_true", default=env_flag(environ, "KLEIN_VAE_TILING"),
+                        help="decode large images in tiles (less memory; on by itself when memory is short; "
+                        "env KLEIN_VAE_TILING)")
     gpu = parser.add_argument_group("GPU speed-ups (off by default; see docs/BENCHMARKS.md)")
     gpu.add_argument("--compile", action="store_true", default=env_flag(environ, "KLEIN_COMPILE"),
                      help="torch.compile the transformer's repeated blocks (slow first image, faster after)")

@@ -95,7 +95,8 @@ class Engine:
         log.info("model %s: %s", name, reason)
         device = settings.device or ("cuda" if on_zero_gpu() else None)
         speed_ups = SpeedUps(settings.compile, settings.fuse_qkv, settings.attention_backend)
-        model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups)
+        model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups,
+                           offload=settings.offload, vae_tiling=settings.vae_tiling)
         engine = cls(model, settings, reason)
         if not on_zero_gpu():  # there the GPU attaches per call: nothing to warm, and it would spend quota
             engine.warm_up()

@@ -24,7 +24,7 @@ ProgressCallback = Callable[[int, int], None]
 class Job:
     """What one pipeline call needs; plain data, so ZeroGPU can pickle it into its GPU worker."""
 
-    model_key: tuple[str, str, str]
+    model_key: tuple[str, ...]
     prompt: str
     images: tuple[Image.Image, ...]
     width: int
@@ -125,10 +125,11 @@ def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
     if embeds is None:
         with torch.inference_mode():
             embeds, _ = model.pipe.encode_prompt(prompt=prompt, device=model.pipe._execution_device)
-        # A copy of its own: a slice would keep the whole stack of hidden states it was cut from.
-        embeds = embeds.detach().clone()
+        # A copy of its own (a slice would keep the whole stack of hidden states it was cut from), in
+        # host memory when the model offloads: there GPU memory is what is short.
+        embeds = embeds.detach().to(model.cache_device, copy=True)
         model.prompt_cache.put(prompt, embeds)
-    return embeds
+    return embeds.to(model.pipe._execution_device)
 
 
 def ms_since(t0: float, device: str = "cpu") -> float:

@@ -14,6 +14,7 @@ from diffusers import Flux2KleinPipeline
 from ..config import MODELS, TINY, TINY_MODELS, ModelSpec
 from ..errors import ModelLoadError
 from . import tiny
+from .memory import activation_bytes, apply_offload, choose_offload, free_gpu_bytes, measure_need
 from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,24 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
 
-    key: tuple[str, str, str]
+    key: tuple[str, ...]  # (model, device, dtype, offload mode)
+    offload: str = "none"
+    offload_reason: str = ""
     # Owned by the model, not by an engine: embeddings belong to this text encoder, and a ZeroGPU
     # worker (a fork) finds them through cached_model(key). The engine sets its size.
     prompt_cache: PromptCache = field(default_factory=lambda: PromptCache(0))
+
+    @property
+    def cache_device(self) -> str:
+        """Where cached prompt embeddings live: beside the model, or in host memory when it offloads."""
+        return self.device if self.offload == "none" else "cpu"
 
     @property
     def is_tiny(self) -> bool:
         return self.spec.name in TINY_MODELS
 
 
-_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache: dict[tuple[str, ...], LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
@@ -72,17 +80,27 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     speed_ups: SpeedUps = SpeedUps(),
+    offload: str = "none",
+    vae_tiling: bool = False,
 ) -> LoadedModel:
-    """Load `model` (cached). Raises ModelLoadError naming the model and the cause."""
+    """Load `model` (cached) in memory mode `offload` (`auto` picks one: memory.py). Raises
+    ModelLoadError naming the model and the cause."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     if dtype == "fp16":
         log.warning("--dtype fp16: FLUX.2 [klein] is trained in bf16; fp16's narrower range can overflow "
                     "(NaNs, black images). Use bf16 unless this GPU lacks it.")
-    key = (model, device, dtype)
     with _cache_lock:
+        source = _source_for(model, Path(cache_dir))
+        try:  # `auto` resolved first, so a model it resolves to is found in the cache as asked for by name
+            offload, reason = resolve_offload(offload, source, device, DTYPES[dtype])
+        except Exception as exc:
+            raise _load_error(model, source, device, exc) from exc
+        key = (model, device, dtype, offload)
         if key not in _cache:
-            loaded = _load(model, Path(cache_dir), device, dtype)
+            loaded = _load(model, source, device, dtype, offload, reason)
+            if vae_tiling or loaded.offload != "none":  # memory is short: decode 2k images in tiles too
+                loaded.pipe.vae.enable_tiling()
             apply_speed_ups(loaded.pipe, speed_ups)
             _cache[key] = loaded
         return _cache[key]
@@ -111,28 +129,64 @@ def remember(model: LoadedModel) -> None:
         _cache[model.key] = model
 
 
-def cached_model(key: tuple[str, str, str]) -> LoadedModel:
+def cached_model(key: tuple[str, ...]) -> LoadedModel:
     """The model loaded under `key` (how the GPU worker finds it without pickling it)."""
     return _cache[key]
 
 
-def _load(model: str, cache_dir: Path, device: str, dtype: str) -> LoadedModel:
-    source = _source_for(model, cache_dir)
-    log.info("loading model %s from %s on %s (%s)", model, source, device, dtype)
+def _load(model: str, source: str, device: str, dtype: str, offload: str, reason: str) -> LoadedModel:
+    log.info("loading model %s from %s on %s (%s), offload %s: %s", model, source, device, dtype, offload, reason)
     try:
-        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=DTYPES[dtype])
-        pipe.to(device)
+        if offload == "none":
+            pipe = _load_onto(source, DTYPES[dtype], device)
+        else:
+            pipe = Flux2KleinPipeline.from_pretrained(source, dtype=DTYPES[dtype])
+            apply_offload(pipe, offload, device)
     except Exception as exc:
-        raise ModelLoadError(
-            f"Could not load model {model!r} ({source}) on {device}: {first_line(exc)} "
-            "Check the name, your network and Hugging Face access (gated models need `hf auth login`), "
-            "or run with --model tiny to try the app without downloading weights."
-        ) from exc
+        raise _load_error(model, source, device, exc) from exc
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(
         pipe=pipe, spec=_spec_for(model, pipe), source=source, device=device, dtype=DTYPES[dtype],
-        key=(model, device, dtype),
+        key=(model, device, dtype, offload), offload=offload, offload_reason=reason,
     )
+
+
+def _load_error(model: str, source: str, device: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"Could not load model {model!r} ({source}) on {device}: {first_line(exc)} "
+        "Check the name, your network and Hugging Face access (gated models need `hf auth login`), "
+        "or run with --model tiny to try the app without downloading weights."
+    )
+
+
+def resolve_offload(requested: str, source: str, device: str, dtype: torch.dtype) -> tuple[str, str]:
+    """The memory mode to use and why: `auto` takes the fastest that fits this GPU's free memory."""
+    if requested != "auto":
+        return requested, f"requested with --offload {requested}"
+    free = free_gpu_bytes(device)
+    if free is None:
+        return "none", f"auto: {device} has no GPU memory to save"
+    need = measure_need(source, dtype)
+    hidden = _transformer_hidden(source)
+    return choose_offload(free, need, activation_bytes(hidden, megapixels=4.0, vae_tiling=True))
+
+
+def _transformer_hidden(source: str) -> int:
+    from diffusers import Flux2Transformer2DModel
+
+    config = Flux2Transformer2DModel.load_config(source, subfolder="transformer")
+    return config["num_attention_heads"] * config["attention_head_dim"]
+
+
+def _load_onto(source: str, dtype: torch.dtype, device: str) -> Flux2KleinPipeline:
+    """Load straight onto the device where diffusers can (each weight read once, into its place), not
+    into host RAM first and copied over."""
+    if device in ("cpu", "cuda", "mps"):
+        try:
+            return Flux2KleinPipeline.from_pretrained(source, dtype=dtype, device_map=device)
+        except ValueError as exc:  # a device_map this diffusers does not offer here
+            log.info("loading through host memory: %s", first_line(exc))
+    return Flux2KleinPipeline.from_pretrained(source, dtype=dtype).to(device)
 
 
 def first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from tokenizers import pre_tokenizers
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
 # Bump when the architecture below changes, so a stale saved copy is rebuilt instead of reused.
-TINY_VERSION = 2
+TINY_VERSION = 3
 MERGES_FILE = Path(__file__).parent / "data" / "tiny_merges.txt"
 TEXT_HIDDEN = 16
 TEXT_LAYERS = 28  # the pipeline reads hidden states of layers (9, 18, 27)
@@ -70,7 +70,7 @@ def build_tiny_pipeline(seed: int = 0, distilled: bool = True) -> Flux2KleinPipe
         latent_channels=LATENT_CHANNELS,
         norm_num_groups=4,
         mid_block_add_attention=True,  # as the real VAE: the decode path at 2k includes its attention
-        sample_size=64,
+        sample_size=1024,  # as the real VAE: tiling (when on) splits only images over 1024 px
     )
     transformer = Flux2Transformer2DModel(
         in_channels=4 * LATENT_CHANNELS,
