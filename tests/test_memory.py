@@ -103,3 +103,16 @@ def test_the_banner_says_which_mode_and_why(cache_dir, tiny_model):
     banner = model_banner(Engine(model, Settings(image_moderation=False)))
     assert "offload **sequential** (requested with --offload sequential)" in banner
     assert "offload" not in model_banner(Engine(tiny_model, Settings(image_moderation=False)))
+
+
+def test_the_readme_memory_table_counts_the_published_architectures():
+    """bench.memory builds the real configs on the meta device through measure_need: the 4B transformer
+    is the 3.876 B parameters bench.gpu checks, Qwen3-4B 4.02 B (tied), Qwen3-8B 8.19 B (untied)."""
+    from bench.memory import rows
+
+    table = {row[0]: row for row in rows()}
+    four, nine = table["flux2-klein-4b / base-4b"], table["flux2-klein-9b / base-9b"]
+    assert four[1:5] == ["7.2", "7.5", "0.2", "14.9"]
+    assert nine[2] == "15.3" and float(nine[4]) > 30
+    assert four[-5:] == ["model", "model", "none", "none", "none"]  # 12, 16, 24, 48, 80 GB
+    assert nine[-1] == "none" and nine[-5] == "sequential"
