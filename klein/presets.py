@@ -96,6 +96,9 @@ DISTILLED_MAX_STEPS = 16  # the steps slider's end for distilled models (4 is th
 MIN_STEPS, MAX_STEPS = 1, 100
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
 MAX_TOLERANCE = 5
+MAX_LORAS = 3  # adapters per request, as the hosted LoRA endpoints allow
+MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 4.0
+MAX_LORA_PATH = 1024  # characters of a LoRA's path or hub id
 
 
 @dataclass(frozen=True)
@@ -133,9 +136,16 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "(default 4).", MIN_GUIDANCE, MAX_GUIDANCE),
     Parameter("safety_tolerance", 2, f"0 (strictest) to {MAX_TOLERANCE} (most permissive), default 2; moderates "
               "the prompt, the reference images and the result.", 0, MAX_TOLERANCE),
+    Parameter("loras", (), f"up to {MAX_LORAS} LoRA adapters, each a path and a scale: a .safetensors file or folder "
+              "in the server's LoRA folder, or a Hugging Face hub id (owner/name, with weight_name when the repository "
+              "holds several files).", 0, MAX_LORAS),
+    Parameter("lora_scale", 1.0, f"how strongly a LoRA applies, {MIN_LORA_SCALE:g}..{MAX_LORA_SCALE:g}: 1 as "
+              "trained, 0 off, negative pushes away from it.", MIN_LORA_SCALE, MAX_LORA_SCALE),
 )}
 SAFETY_TOLERANCE = PARAMETERS["safety_tolerance"]
 STEPS = PARAMETERS["steps"]
 GUIDANCE = PARAMETERS["guidance"]
+LORAS = PARAMETERS["loras"]
+LORA_SCALE = PARAMETERS["lora_scale"]
 DEFAULT_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.default)
 MAX_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.maximum)

@@ -7,6 +7,7 @@ message that names the field and the value.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -19,6 +20,9 @@ from .presets import (
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_SAFETY_TOLERANCE,
     GUIDANCE,
+    LORA_SCALE,
+    LORAS,
+    MAX_LORA_PATH,
     MAX_REFERENCES,
     OUTPUT_FORMATS,
     SAFETY_TOLERANCE,
@@ -39,6 +43,27 @@ class Workflow(str, Enum):
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a request, as the user names it (klein/generation/loras.py finds it).
+
+    Args:
+        path: a .safetensors file or folder in the LoRA folder (relative to it, with or without the
+            extension), or a Hugging Face hub id `owner/name` (or `owner/name/file.safetensors`, or a
+            huggingface.co file URL).
+        scale: -1..4; 1 applies it as trained, 0 turns it off.
+        weight_name: for a hub id or folder holding several .safetensors files, which one.
+    """
+
+    path: str
+    scale: float = float(LORA_SCALE.default)
+    weight_name: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON shape (REST's `{"path", "scale"}`, the image metadata's), weight_name only when set."""
+        return {"path": self.path, "scale": self.scale} | ({"weight_name": self.weight_name} if self.weight_name else {})
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What the user asked for. Construction validates; an instance is always usable.
 
@@ -52,6 +77,7 @@ class GenerationRequest:
         steps, guidance: None for the model's defaults.
         output_format: "png", "jpeg" or "webp".
         safety_tolerance: 0 (strictest) .. 5 (most permissive); see safety.py.
+        loras: up to 3 LoraSpec (or mappings with path, scale, weight_name), applied in order.
     """
 
     prompt: str
@@ -65,6 +91,7 @@ class GenerationRequest:
     guidance: float | None = None
     output_format: str = DEFAULT_OUTPUT_FORMAT
     safety_tolerance: int = DEFAULT_SAFETY_TOLERANCE
+    loras: tuple[LoraSpec, ...] = ()
     limits: Limits = field(default=Limits(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +103,7 @@ class GenerationRequest:
         self._check_seed()
         self._check_sampling()
         self._check_safety_tolerance()
+        object.__setattr__(self, "loras", check_loras(self.loras))
 
     @property
     def workflow(self) -> Workflow:
@@ -152,6 +180,60 @@ class GenerationRequest:
                                  f"got {value!r}")
         if not SAFETY_TOLERANCE.minimum <= value <= SAFETY_TOLERANCE.maximum:
             raise InvalidRequest("safety_tolerance", f"{value} is out of range {SAFETY_TOLERANCE.range_text()}")
+
+
+def check_loras(loras: object) -> tuple[LoraSpec, ...]:
+    """The request's LoRAs as LoraSpecs, each checked; errors name `loras[i].path`, `loras[i].scale`."""
+    if loras is None:
+        return ()
+    if isinstance(loras, (str, bytes, Mapping)) or not isinstance(loras, (list, tuple)):
+        raise InvalidRequest("loras", f"must be a list of {{path, scale}}, got {type(loras).__name__}")
+    if len(loras) > LORAS.maximum:
+        raise InvalidRequest("loras", f"{len(loras)} LoRAs given, at most {LORAS.maximum:g} are supported")
+    specs = tuple(_lora_spec(item, f"loras[{i}]") for i, item in enumerate(loras))
+    seen: dict[tuple[str, str | None], int] = {}
+    for index, spec in enumerate(specs):
+        first = seen.setdefault((spec.path, spec.weight_name), index)
+        if first != index:
+            raise InvalidRequest(f"loras[{index}].path", f"{spec.path!r} is loras[{first}] already; give it once, "
+                                 "with the scale you want")
+    return specs
+
+
+def _lora_spec(item: object, name: str) -> LoraSpec:
+    if isinstance(item, LoraSpec):
+        path, scale, weight_name = item.path, item.scale, item.weight_name
+    elif isinstance(item, Mapping):
+        unknown = sorted(str(k) for k in item if k not in ("path", "scale", "weight_name"))
+        if unknown:
+            raise InvalidRequest(f"{name}.{unknown[0]}", "is not a field of a LoRA; its fields are path, scale, "
+                                 "weight_name")
+        if "path" not in item:
+            raise InvalidRequest(f"{name}.path", "is missing; name a .safetensors file, a folder or a hub id")
+        path, scale, weight_name = item["path"], item.get("scale", LORA_SCALE.default), item.get("weight_name")
+    else:
+        raise InvalidRequest(name, f"must be {{path, scale}}, got {type(item).__name__}")
+    _check_lora_text(f"{name}.path", path)
+    if weight_name is not None:
+        _check_lora_text(f"{name}.weight_name", weight_name)
+        if not weight_name.endswith(".safetensors"):
+            raise InvalidRequest(f"{name}.weight_name", f"{weight_name!r} is not a .safetensors file name")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InvalidRequest(f"{name}.scale", f"must be a number {LORA_SCALE.range_text()}, got {scale!r}")
+    if not LORA_SCALE.minimum <= scale <= LORA_SCALE.maximum:
+        raise InvalidRequest(f"{name}.scale", f"{scale:g} is out of range {LORA_SCALE.range_text()}")
+    return LoraSpec(path=path.strip(), scale=float(scale), weight_name=weight_name)
+
+
+def _check_lora_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(name, f"must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidRequest(name, "is empty; name a .safetensors file, a folder or a hub id")
+    if len(value) > MAX_LORA_PATH:
+        raise InvalidRequest(name, f"is {len(value):,} characters long; the limit is {MAX_LORA_PATH:,}")
+    if any(ord(c) < 32 for c in value) or _unpaired_surrogate(value) is not None:
+        raise InvalidRequest(name, f"{value[:80]!r} contains control characters or invalid Unicode")
 
 
 def check_reference_count(count: int, field: str = "images", minimum: int = 0) -> None:
