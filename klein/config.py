@@ -87,6 +87,8 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     output_dir: Path | None = None
     prompt_cache_mb: int = 256
+    lora_dir: Path = field(default_factory=lambda: default_lora_dir())
+    max_loras_cached: int = 8
     compile: bool = False
     fuse_qkv: bool = False
     attention_backend: str | None = None
@@ -115,6 +117,8 @@ class Settings:
             prompt_cache_mb=args.prompt_cache_mb,
             compile=args.compile,
             fuse_qkv=args.fuse_qkv,
+            lora_dir=Path(args.lora_dir),
+            max_loras_cached=args.max_loras_cached,
             attention_backend=args.attention_backend,
             offload=args.offload,
             vae_tiling=args.vae_tiling,
@@ -127,6 +131,10 @@ class Settings:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "klein-studio"
+
+def default_lora_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "loras"  # beside app.py
+
 
 
 def env_text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -240,6 +248,11 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     memory.add_argument(
         "--offload", choices=OFFLOAD_MODES, default=env_choice(environ, "KLEIN_OFFLOAD", OFFLOAD_MODES) or "auto",
         help="auto (default: the fastest mode that fits the free GPU memory), none (everything on the GPU), model "
+    parser.add_argument("--lora-dir", default=env_text(environ, "KLEIN_LORA_DIR", str(default_lora_dir())),
+                        help="folder of the LoRA adapters requests may name (default loras/ beside app.py)")
+    parser.add_argument("--max-loras-cached", type=int, metavar="N", help="LoRA adapters kept loaded; past N the least "
+                        "recently used is unloaded (default 8)",
+                        default=env_number(environ, "KLEIN_MAX_LORAS_CACHED", 8, integer=True, minimum=1))
         "(each component moves to the GPU while it runs), sequential (each layer does: slowest, least memory); "
         "env KLEIN_OFFLOAD")
     memory.add_argument("--vae-tiling", action="store_true", default=env_flag(environ, "KLEIN_VAE_TILING"),

@@ -26,7 +26,9 @@ from ..output.encode import MIME_TYPES, encode_image
 from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
+from .adapters import adapters_for
 from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
+from .loras import LoraLibrary
 from .pipeline import LoadedModel, SpeedUps, first_line, load_model
 from .prompt_cache import PromptCache
 
@@ -52,6 +54,7 @@ class GenerationResult:
     guidance: float
     output_format: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    loras: list[dict] = field(default_factory=list)  # [{"path", "scale"}]: the LoRAs applied (scale 0 left out)
 
     @property
     def mime_type(self) -> str:
@@ -69,6 +72,7 @@ class GenerationResult:
             "guidance": self.guidance,
             "output_format": self.output_format,
             "timings_ms": self.timings_ms,
+            **({"loras": self.loras} if self.loras else {}),
         }
 
 
@@ -84,6 +88,8 @@ class Engine:
             self.settings.max_safety_tolerance, self.settings.image_moderation)
         self.outputs = OutputFolder(self.settings.output_dir)
         self._lane = threading.Lock()
+        self.loras = LoraLibrary(self.settings.lora_dir)  # what requests may name; adapters load inside the lane
+        adapters_for(model.pipe).max_loaded = self.settings.max_loras_cached
         model.prompt_cache.resize(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")
         self._model_scale = max(1.0, sum(p.numel() for p in model.pipe.transformer.parameters()) / FOUR_B_PARAMETERS)
@@ -98,6 +104,7 @@ class Engine:
         model = load_model(name, settings.cache_dir, device, settings.dtype, speed_ups,
                            offload=settings.offload, vae_tiling=settings.vae_tiling)
         engine = cls(model, settings, reason)
+        engine.loras.create_folder()
         if not on_zero_gpu():  # there the GPU attaches per call: nothing to warm, and it would spend quota
             engine.warm_up()
         return engine
@@ -205,6 +212,8 @@ class Engine:
             "custom_size": request.width is not None,
             "safety_tolerance": tolerance,
         }
+        if job.loras:
+            meta["loras"] = [lora.record() for lora in job.loras]
         data = encode_image(image, request.output_format, meta)
         path = None
         if keep_file:
@@ -224,6 +233,7 @@ class Engine:
             guidance=job.guidance,
             output_format=request.output_format,
             timings_ms=timings,
+            loras=[lora.record() for lora in job.loras],
         )
 
     def check_request(self, request: GenerationRequest) -> int:
@@ -269,6 +279,7 @@ class Engine:
             seed=request.seed if request.seed is not None else presets.random_seed(),
             model_scale=self._model_scale,
             cfg=not spec.distilled and guidance > 1.0,
+            loras=self.loras.resolve(request.loras),  # found (downloaded once) here, before the lane
         )
         if on_zero_gpu():
             check_gpu_time(job)

@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidRequest
+from .adapters import adapters_for, text_encoder_adapters
+from .loras import ActiveLora
 from .pipeline import LoadedModel, cached_model
+from .prompt_cache import prompt_key
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -34,6 +37,7 @@ class Job:
     seed: int
     model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
     cfg: bool = False  # classifier-free guidance: a base model with guidance > 1, two transformer calls a step
+    loras: tuple[ActiveLora, ...] = ()  # applied inside the lane, so no other job's adapters are active
 
 
 GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
@@ -83,6 +87,11 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
     generator = torch.Generator(device="cpu").manual_seed(job.seed)
 
     t0 = time.perf_counter()
+    adapters_for(pipe).apply(pipe, job.loras)
+    if job.loras:
+        timings["lora"] = ms_since(t0, model.device)
+
+    t0 = time.perf_counter()
     prompt_embeds = encode_prompt_cached(model, job.prompt)
     # The empty prompt's embedding, encoded once and cached like any prompt (the pipeline would
     # encode it again on every call, inside the denoising time).
@@ -119,16 +128,18 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
 def encode_prompt_cached(model: LoadedModel, prompt: str) -> torch.Tensor:
     """The prompt's embeddings, from the cache when this model has seen the prompt before.
 
-    Passing cached embeddings back to the pipeline gives bit-identical images (DESIGN.md).
+    Passing cached embeddings back to the pipeline gives bit-identical images (DESIGN.md). An adapter
+    active on the text encoder changes the embedding, so the key names those adapters too.
     """
-    embeds = model.prompt_cache.get(prompt)
+    key = prompt_key(prompt, text_encoder_adapters(model.pipe))
+    embeds = model.prompt_cache.get(key)
     if embeds is None:
         with torch.inference_mode():
             embeds, _ = model.pipe.encode_prompt(prompt=prompt, device=model.pipe._execution_device)
         # A copy of its own (a slice would keep the whole stack of hidden states it was cut from), in
         # host memory when the model offloads: there GPU memory is what is short.
         embeds = embeds.detach().to(model.cache_device, copy=True)
-        model.prompt_cache.put(prompt, embeds)
+        model.prompt_cache.put(key, embeds)
     return embeds.to(model.pipe._execution_device)
 
 

@@ -9,6 +9,12 @@ from collections import OrderedDict
 from typing import Any, Hashable
 
 
+def prompt_key(prompt: str, text_encoder_adapters: tuple = ()) -> Hashable:
+    """The cache key of a prompt's embedding: the prompt, and the adapters active on the text encoder
+    (name and scale) when there are any, since they change the embedding."""
+    return (prompt, text_encoder_adapters) if text_encoder_adapters else prompt
+
+
 def tensor_bytes(tensor: Any) -> int:
     """What a tensor really keeps alive: its whole storage (a view keeps its base's), and a tensor
     that still has an autograd graph is refused by put()."""
@@ -16,7 +22,7 @@ def tensor_bytes(tensor: Any) -> int:
 
 
 class PromptCache:
-    """Thread-safe LRU keyed by (model, prompt); evicts the least recently used past `max_bytes`."""
+    """Thread-safe LRU keyed by prompt_key (one cache per model); evicts the least recently used past `max_bytes`."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes

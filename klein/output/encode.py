@@ -3,6 +3,11 @@
 PNG gets text chunks (an A1111-style "parameters" line and a "klein" JSON record); JPEG and WebP
 get EXIF (ImageDescription, Software, UserComment with the JSON record). Settings favour speed:
 encoding can cost more than a GPU generation.
+
+LoRAs: the JSON record has `"loras": [{"path": ..., "scale": ...}]` (the request's shape; each path
+names the adapter again: its path in the LoRA folder or its hub id), present only when LoRAs were
+applied. The parameters text appends `<lora:NAME:SCALE>` to the prompt, as A1111 does, NAME being the
+path without ".safetensors"; parse_a1111_parameters takes the tags back out into the same list.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ EXIF_SOFTWARE = 0x0131
 EXIF_IFD = 0x8769
 EXIF_USER_COMMENT = 0x9286
 METADATA_KEY = "klein"
+LORA_SUFFIX = ".safetensors"
+LORA_TAG = re.compile(r"\s*<lora:([^<>]+?):(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)>")
 
 
 def a1111_parameters(meta: dict[str, Any]) -> str:
@@ -42,7 +49,19 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
         "Model": meta.get("model"),
         "Workflow": meta.get("workflow"),
     }
-    return meta.get("prompt", "") + "\n" + ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
+    prompt = meta.get("prompt", "") + "".join(f" {lora_tag(lora)}" for lora in meta.get("loras") or ())
+    return prompt + "\n" + ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
+
+
+def lora_tag(lora: dict[str, Any]) -> str:
+    """`<lora:NAME:SCALE>` for one {"path", "scale"} entry (NAME: the path without .safetensors)."""
+    return f"<lora:{lora['path'].removesuffix(LORA_SUFFIX)}:{lora['scale']:g}>"
+
+
+def parse_lora_tags(prompt: str) -> tuple[str, list[dict[str, Any]]]:
+    """The prompt without its `<lora:NAME:SCALE>` tags, and the tags as [{"path": NAME, "scale": SCALE}]."""
+    loras = [{"path": name.strip(), "scale": float(scale)} for name, scale in LORA_TAG.findall(prompt)]
+    return LORA_TAG.sub("", prompt).strip(), loras
 
 
 def encode_image(image: Image.Image, output_format: str, meta: dict[str, Any]) -> bytes:
@@ -98,7 +117,8 @@ def parse_a1111_parameters(text: str) -> dict[str, Any] | None:
         return None
     fields = {key.strip(): value.strip().strip('"') for key, value in _A1111_FIELD.findall(lines[-1])}
     prompt_lines = [line for line in lines[:-1] if not line.startswith("Negative prompt:")]
-    settings: dict[str, Any] = {"prompt": "\n".join(prompt_lines).strip()}
+    prompt, loras = parse_lora_tags("\n".join(prompt_lines))
+    settings: dict[str, Any] = {"prompt": prompt} | ({"loras": loras} if loras else {})
     converters = {"Seed": ("seed", int), "Steps": ("steps", int), "CFG scale": ("guidance", float),
                   "Model": ("model", str), "Workflow": ("workflow", str)}
     for key, (name, convert) in converters.items():
