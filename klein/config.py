@@ -244,15 +244,15 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env_number(environ, "KLEIN_PROMPT_CACHE_MB", 256, integer=True, minimum=0),
         help="memory for cached prompt embeddings, so a repeated prompt skips the text encoder (0: off)",
     )
-    memory = parser.add_argument_group("GPU memory (README: Memory)")
-    memory.add_argument(
-        "--offload", choices=OFFLOAD_MODES, default=env_choice(environ, "KLEIN_OFFLOAD", OFFLOAD_MODES) or "auto",
-        help="auto (default: the fastest mode that fits the free GPU memory), none (everything on the GPU), model "
     parser.add_argument("--lora-dir", default=env_text(environ, "KLEIN_LORA_DIR", str(default_lora_dir())),
                         help="folder of the LoRA adapters requests may name (default loras/ beside app.py)")
     parser.add_argument("--max-loras-cached", type=int, metavar="N", help="LoRA adapters kept loaded; past N the least "
                         "recently used is unloaded (default 8)",
                         default=env_number(environ, "KLEIN_MAX_LORAS_CACHED", 8, integer=True, minimum=1))
+    memory = parser.add_argument_group("GPU memory (README: Memory)")
+    memory.add_argument(
+        "--offload", choices=OFFLOAD_MODES, default=env_choice(environ, "KLEIN_OFFLOAD", OFFLOAD_MODES) or "auto",
+        help="auto (default: the fastest mode that fits the free GPU memory), none (everything on the GPU), model "
         "(each component moves to the GPU while it runs), sequential (each layer does: slowest, least memory); "
         "env KLEIN_OFFLOAD")
     memory.add_argument("--vae-tiling", action="store_true", default=env_flag(environ, "KLEIN_VAE_TILING"),
