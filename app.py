@@ -10,8 +10,10 @@ its routes go in through launch(app_kwargs=...), so a share link carries them to
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import sys
 
 from klein.config import RestSettings, Settings
@@ -21,15 +23,29 @@ log = logging.getLogger("klein")
 
 
 def create_app(settings: Settings):
-    """Build the engine (loading the model once) and the Gradio Blocks over it, with its queue."""
-    from klein.generation.engine import Engine
+    """Build the engine (loading the model once, or starting the workers that do) and the Gradio Blocks
+    over it, with its queue."""
     from klein.ui.app import build_demo
 
-    engine = Engine.from_settings(settings)
+    engine, lanes = create_engine(settings)
     demo = build_demo(engine)
-    # One lane: every generating event shares one concurrency_id, so one generation runs at a time.
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    # One lane per worker (one in one process): every generating event shares one concurrency_id, so at
+    # most `lanes` generations run at once; the others wait in Gradio's queue, which shows their position.
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=lanes)
     return engine, demo
+
+
+def create_engine(settings: Settings):
+    """The engine and how many generations it runs at once: in this process, or with --workers or
+    --ray-address a front over Ray Serve workers (docs/workers.md). Ray is imported only then."""
+    if settings.workers or settings.ray_address:
+        from klein.generation.workers import WorkerEngine
+
+        engine = WorkerEngine.start(settings)
+        return engine, engine.replicas
+    from klein.generation.engine import Engine
+
+    return Engine.from_settings(settings), 1
 
 
 def create_rest(engine, rest_settings: RestSettings):
@@ -47,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_args(argv)
         rest_settings = RestSettings.from_env(settings.cache_dir)
+        check_port(settings.host, settings.port)  # before the model loads, not after
         engine, demo = create_app(settings)
     except (ModelLoadError, ValueError) as exc:
         log.error("Klein Studio could not start: %s", exc)
@@ -64,7 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         log.info("shutting down: finishing or handing back the running task, flushing webhooks")
         rest.tasks.stop(rest.shutdown_grace)
         rest.webhooks.stop()
+        if hasattr(engine, "close"):  # the workers (and a local Ray instance) go with the front
+            engine.close()
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken, or a --host that is not this machine's, in one line naming the flag."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port}: port {port} on {host} is in use (another Klein Studio?); "
+                                 f"pass a free one, e.g. --port {port + 1}") from None
+            raise ValueError(f"--host {host}: cannot listen there ({exc.strerror}); use 127.0.0.1, "
+                             "or 0.0.0.0 to serve your network") from None
 
 
 def stop_on_sigterm() -> None:

@@ -99,6 +99,8 @@ class Settings:
     max_safety_tolerance: int = MAX_SAFETY_TOLERANCE
     image_moderation: bool = True
     limits: Limits = field(default_factory=Limits)
+    workers: int = 0  # Ray Serve worker replicas (docs/workers.md); 0 with no ray_address: one process, no Ray
+    ray_address: str | None = None
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -124,6 +126,8 @@ class Settings:
             vae_tiling=args.vae_tiling,
             mcp=args.mcp,
             public_page=env_flag(environ, "KLEIN_PUBLIC_PAGE"),
+            workers=args.workers,
+            ray_address=args.ray_address,
             **safety_settings(environ),
         )
 
@@ -265,6 +269,14 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                      help="fuse the attention q/k/v projections into one matmul")
     gpu.add_argument("--attention-backend", default=env_text(environ, "KLEIN_ATTENTION_BACKEND"),
                      help="diffusers attention backend, e.g. native, _native_cudnn, flash, _flash_3")
+    workers = parser.add_argument_group("Workers: one per GPU on Ray Serve (see docs/workers.md)")
+    workers.add_argument("--workers", type=int, metavar="N",
+                         default=env_number(environ, "KLEIN_WORKERS", 0, integer=True, minimum=0),
+                         help="start a local Ray instance with N worker replicas: one per GPU, or N CPU workers "
+                         "without GPUs (env KLEIN_WORKERS; default 0: one process, no Ray)")
+    workers.add_argument("--ray-address", metavar="ADDRESS", default=env_text(environ, "KLEIN_RAY_ADDRESS"),
+                         help="join this Ray cluster (e.g. 10.0.0.5:6379) and run a worker on each of its GPUs "
+                         "(env KLEIN_RAY_ADDRESS)")
     return parser
 
 

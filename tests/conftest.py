@@ -72,10 +72,16 @@ def app_output_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_url(cache_dir, app_output_dir, tmp_path_factory):
+def app_log_path(tmp_path_factory) -> Path:
+    """Where the launched app's stdout and stderr go."""
+    return tmp_path_factory.mktemp("app-log") / "app.log"
+
+
+@pytest.fixture(scope="session")
+def app_url(cache_dir, app_output_dir, app_log_path):
     """`python app.py --model tiny` launched as a user would, on a free port."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("app-log") / "app.log"
+    log_path = app_log_path
     env = {**os.environ, "KLEIN_CACHE_DIR": str(cache_dir), "KLEIN_OUTPUT_DIR": str(app_output_dir)}
     with open(log_path, "w") as log:
         process = subprocess.Popen(

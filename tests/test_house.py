@@ -100,6 +100,22 @@ def test_heavy_libraries_only_in_their_wing():
     assert not wrong, wrong
 
 
+def test_ray_only_in_the_workers_modules_and_those_only_when_asked_for():
+    """Without --workers or --ray-address nothing imports Ray: only klein/generation/workers*.py import it,
+    no other klein module imports them, and app.py imports them inside a function, not at its top."""
+    wrong = []
+    for module, path in modules().items():
+        if module.startswith("klein.generation.workers"):
+            continue
+        wrong += [f"{module} imports {name}" for name in imports(module, path)
+                  if name.split(".")[0] == "ray" or name.startswith("klein.generation.workers")]
+    app = ast.parse((ROOT / "app.py").read_text())
+    top = [node for node in app.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = [alias.name for node in top for alias in node.names] + [getattr(node, "module", "") or "" for node in top]
+    wrong += [f"app.py imports {name} at its top" for name in names if "workers" in name or name.startswith("ray")]
+    assert not wrong, wrong
+
+
 def test_no_file_over_the_limit():
     files = [*KLEIN.rglob("*.py"), ROOT / "app.py", *ROOT.glob("bench/*.py")]
     long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}

@@ -55,6 +55,7 @@ class GenerationResult:
     output_format: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     loras: list[dict] = field(default_factory=list)  # [{"path", "scale"}]: the LoRAs applied (scale 0 left out)
+    worker: str | None = None  # the Ray Serve worker that made it (docs/workers.md); None in one process
 
     @property
     def mime_type(self) -> str:
@@ -73,6 +74,7 @@ class GenerationResult:
             "output_format": self.output_format,
             "timings_ms": self.timings_ms,
             **({"loras": self.loras} if self.loras else {}),
+            **({"worker": self.worker} if self.worker else {}),
         }
 
 

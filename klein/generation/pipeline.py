@@ -86,6 +86,7 @@ def load_model(
     """Load `model` (cached) in memory mode `offload` (`auto` picks one: memory.py). Raises
     ModelLoadError naming the model and the cause."""
     device = device or default_device()
+    check_device(device)
     dtype = dtype or default_dtype(device)
     if dtype == "fp16":
         log.warning("--dtype fp16: FLUX.2 [klein] is trained in bf16; fp16's narrower range can overflow "
@@ -104,6 +105,18 @@ def load_model(
             apply_speed_ups(loaded.pipe, speed_ups)
             _cache[key] = loaded
         return _cache[key]
+
+
+def check_device(device: str) -> None:
+    """Refuse, before anything loads, a device torch cannot use here, naming the flag to change."""
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        built = "built without CUDA" if torch.version.cuda is None else "no CUDA GPU visible"
+        raise ModelLoadError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU here ({built}); "
+                             "leave --device out to use the best device found, or pass --device cpu.")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"--device {device}: this machine has no Apple GPU (MPS) for torch; "
+                             "leave --device out to use the best device found.")
 
 
 def apply_speed_ups(pipe: Flux2KleinPipeline, speed_ups: SpeedUps) -> None:
@@ -152,11 +165,10 @@ def _load(model: str, source: str, device: str, dtype: str, offload: str, reason
 
 
 def _load_error(model: str, source: str, device: str, exc: Exception) -> ModelLoadError:
-    return ModelLoadError(
-        f"Could not load model {model!r} ({source}) on {device}: {first_line(exc)} "
-        "Check the name, your network and Hugging Face access (gated models need `hf auth login`), "
-        "or run with --model tiny to try the app without downloading weights."
-    )
+    advice = ("Check --cache-dir (the tiny model is saved there)" if model in TINY_MODELS else
+              "Check --model, your network and Hugging Face access (gated models need `hf auth login`), "
+              "or run with --model tiny to try the app without downloading weights")
+    return ModelLoadError(f"Could not load model {model!r} ({source}) on {device}: {first_line(exc)} {advice}.")
 
 
 def resolve_offload(requested: str, source: str, device: str, dtype: torch.dtype) -> tuple[str, str]:

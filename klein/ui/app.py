@@ -145,10 +145,12 @@ def launch(demo: gr.Blocks, engine: Engine, settings: Settings, keys: ApiKeys | 
         fix_gradio_mcp_server(keys.internal if gated else None)
     if gated:
         kwargs.update(auth=login_check(keys), auth_message=LOGIN_MESSAGE)
-    return demo.launch(
+    demo.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=settings.share,
+        quiet=True,  # Gradio's own lines point at launch(share=True); ours name the flags
+        prevent_thread_lock=True,
         max_file_size=engine.limits.max_image_bytes,
         allowed_paths=[str(engine.output_dir), str(ASSETS)],
         theme=THEME,
@@ -157,3 +159,7 @@ def launch(demo: gr.Blocks, engine: Engine, settings: Settings, keys: ApiKeys | 
         mcp_server=settings.mcp,
         **kwargs,
     )
+    print(f"* Running on local URL:  {demo.local_url}")
+    print(f"* Running on public URL: {demo.share_url}" if demo.share_url else
+          "* To create a public link, run with --share (or KLEIN_SHARE=1).", flush=True)
+    demo.block_thread()  # until Ctrl+C or SIGTERM, then Gradio closes the server

@@ -18,7 +18,8 @@ def format_info(result: GenerationResult) -> str:
     stages = ", ".join(f"{name.replace('_', ' ')} {t[name]:.0f} ms" for name in t if name != "total")
     return (
         f"**{result.width}×{result.height}** · seed `{result.seed}` · {result.model} · {result.steps} steps · "
-        f"{result.workflow.value.replace('_', ' ')} · {result.output_format}  \n"
+        f"{result.workflow.value.replace('_', ' ')} · {result.output_format}"
+        + (f" · {result.worker}" if result.worker else "") + "  \n"
         f"{t.get('total', 0):.0f} ms ({stages})"
     )
 
