@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often a waiting request looks at its Cancel flag and deadline
 # What a worker's death looks like from the front, depending on when it happened.
-WORKER_LOST = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.ObjectLostError)
+WORKER_LOST = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.ObjectLostError,
+               ray_errors.NodeDiedError, ray_errors.OutOfMemoryError)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,10 @@ class WorkerEngine:
         self._local.worker = None
         seconds_left = None if deadline is None else max(0.0, deadline - time.monotonic())
         sent = time.perf_counter()
-        stream = self._stream.remote({**payload, "seconds_left": seconds_left})
+        try:
+            stream = self._stream.remote({**payload, "seconds_left": seconds_left})
+        except Exception as exc:  # the deployment is gone or failed: nothing was sent
+            raise self._failure(exc, cancel, deadline) from exc
         events: queue.Queue = queue.Queue()
         threading.Thread(target=_read, args=(stream, events), name="klein-worker-stream", daemon=True).start()
         began = None
