@@ -5,6 +5,7 @@ chromium comes from apt (installed by .ci/run); no browser is ever downloaded.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -108,10 +109,39 @@ def test_multi_reference_from_an_example(page):
     open_tab(page, "Multi-reference")
     page.get_by_text("the robot from image 1 standing in the landscape of image 2").click()
     page.wait_for_function("() => document.querySelectorAll('#multi_reference-images img').length >= 2")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#multi_reference-images img')).every(i => i.complete)")
+    assert clipped_images(page, "#multi_reference-images") == []
     generate(page, "multi_reference")
     expected = presets.size_matching(Image.open(ASSETS / "robot.png").size, "1k")
     assert result_size(page, "multi_reference") == expected
     page.screenshot(path=str(SCREENSHOTS / "multi_reference.png"), full_page=True)
+
+
+def clipped_images(page, selector: str) -> list:
+    """The images under `selector` that an ancestor with hidden/scrolled overflow cuts off, or the
+    component's label covers (in px)."""
+    return page.evaluate("""(selector) => {
+        const root = document.querySelector(selector), cut = [];
+        const label = root.querySelector('[data-testid=block-label]')?.getBoundingClientRect();
+        for (const img of root.querySelectorAll('img')) {
+            const r = img.getBoundingClientRect();
+            if (label && label.bottom > r.top + 1 && label.top < r.bottom && label.right > r.left && label.left < r.right)
+                cut.push([img.src.split('/').pop(), 'under the label', Math.round(label.bottom - r.top)]);
+            for (let box = img.parentElement; box && box !== root.parentElement; box = box.parentElement) {
+                if (getComputedStyle(box).overflow === 'visible') continue;
+                const b = box.getBoundingClientRect();
+                const hidden = Math.max(b.top - r.top, r.bottom - b.bottom, b.left - r.left, r.right - b.right);
+                if (hidden > 1) { cut.push([img.src.split('/').pop(), box.className, Math.round(hidden)]); break; }
+            }
+        }
+        return cut;
+    }""", selector)
+
+
+def error_badges(page) -> list[str]:
+    """The ids of the components showing Gradio's red "Error" status pill."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=status-tracker] .error'))
+        .filter(e => e.offsetParent !== null).map(e => e.closest('[id]')?.id || '?')""")
 
 
 def test_empty_prompt_shows_an_error_toast(page):
@@ -120,12 +150,30 @@ def test_empty_prompt_shows_an_error_toast(page):
     page.get_by_text("prompt: is empty").first.wait_for()
 
 
+def test_an_error_clears_the_previous_result_and_marks_only_the_image(page):
+    generate(page, "text_to_image", "a lighthouse")
+    page.fill("#text_to_image-prompt textarea", "   ")
+    page.click("#text_to_image-generate")
+    page.get_by_text("prompt: is empty").first.wait_for()
+    page.wait_for_function("() => !document.querySelector('#text_to_image-result img')")
+    assert "×" not in page.inner_text("#text_to_image-info")  # no stale info line under an empty result
+    assert page.input_value("#text_to_image-seed-used input") == ""
+    assert error_badges(page) == ["text_to_image-result"]  # one pill, on the image, not over every output
+
+
 def choose(page, label: str, option: str) -> None:
     page.get_by_label(label).first.click()
     page.get_by_role("option", name=option).click()
 
 
+def visible_progress(page) -> list[str]:
+    """The ids of the components showing a progress or status indicator."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=status-tracker]'))
+        .filter(e => e.offsetParent !== null && e.innerText.trim()).map(e => e.closest('[id]')?.id || '?')""")
+
+
 def test_progress_counts_steps_and_cancel_stops_the_generation(page, app_output_dir):
+    generate(page, "text_to_image", "a quick hare")  # a result that Cancel must not leave on show
     choose(page, "Resolution", "2k")  # 2048x2048 at 16 steps: several seconds with the tiny model here
     page.get_by_text("Advanced").first.click()
     page.fill("#text_to_image-steps input[type=number]", "16")
@@ -133,11 +181,13 @@ def test_progress_counts_steps_and_cancel_stops_the_generation(page, app_output_
     page.fill("#text_to_image-prompt textarea", "a slow fox")
     page.click("#text_to_image-generate")
     page.locator("#text_to_image-result").get_by_text(re.compile(r"\b[1-9]/16 steps")).wait_for()
+    assert visible_progress(page) == ["text_to_image-result"]  # one progress bar, not one per output
     page.click("#text_to_image-cancel")
     page.get_by_text("Cancelled.").first.wait_for()
     page.wait_for_timeout(500)
-    assert "×" not in page.inner_text("#text_to_image-info")  # no result arrived
-    assert page.locator("#history img").count() == 0
+    assert "×" not in page.inner_text("#text_to_image-info")  # neither the cancelled result nor the old one
+    assert page.locator("#text_to_image-result img").count() == 0
+    assert page.locator("#history img").count() == 1  # the quick hare only
     choose(page, "Resolution", "1k")
     generate(page, "text_to_image", "a quick fox")  # the GPU lane is free again
     assert result_size(page, "text_to_image") == (1024, 1024)
@@ -158,6 +208,74 @@ def test_reuse_seed_and_history_restore(page):
     page.wait_for_function("() => document.querySelector('#text_to_image-prompt textarea').value == 'a red fox in snow'")
     assert page.input_value("#text_to_image-seed input") == str(first_seed)
     assert not page.is_checked("#text_to_image-randomize input")
+
+
+def test_history_caption_shows_the_whole_seed(page):
+    """The caption was one ellipsised line, "200974371…", which reads as a cut seed."""
+    generate(page, "text_to_image", "a lighthouse on a cliff at dusk, volumetric light")
+    seed = str(seed_used(page, "text_to_image"))
+    page.wait_for_selector("#history .caption-label")
+    seed_text, seed_inside, cut_sideways = page.evaluate("""() => {
+        const caption = document.querySelector('#history .caption-label'), text = caption.firstChild;
+        const range = document.createRange();
+        range.setStart(text, 0); range.setEnd(text, text.textContent.indexOf(' '));
+        const r = range.getBoundingClientRect(), c = caption.getBoundingClientRect();
+        return [range.toString(), r.right <= c.right + 0.5 && r.bottom <= c.bottom + 0.5,
+                caption.scrollWidth > caption.clientWidth + 1];
+    }""")
+    assert (seed_text, seed_inside, cut_sideways) == (seed, True, False)
+
+
+def test_restoring_an_edit_from_history_brings_back_its_input_image(page):
+    open_tab(page, "Edit")
+    page.set_input_files("#edit-image input[type=file]", str(ASSETS / "robot.png"))
+    page.wait_for_selector("#edit-image img")
+    generate(page, "edit", "give the robot a red scarf")
+    seed = seed_used(page, "edit")
+    page.locator("#edit-image button[aria-label='Remove Image']").first.click()
+    page.fill("#edit-prompt textarea", "")
+    page.wait_for_function("() => !document.querySelector('#edit-image img')")
+    page.locator("#history img").first.click()
+    page.wait_for_function("() => document.querySelector('#edit-prompt textarea').value == 'give the robot a red scarf'")
+    page.wait_for_selector("#edit-image img")
+    assert page.input_value("#edit-seed input") == str(seed)
+    src = page.get_attribute("#edit-image img", "src")
+    restored = Image.open(io.BytesIO(page.request.get(src).body()))
+    assert restored.size == Image.open(ASSETS / "robot.png").size
+    generate(page, "edit")  # the restored settings and image generate again, with the same seed
+    assert seed_used(page, "edit") == seed
+
+
+def test_aspect_ratio_menu_shows_friendly_labels_with_sizes(page):
+    assert page.input_value("#text_to_image-aspect input") == "Square 1:1 · 1024×1024"
+    page.locator("#text_to_image-aspect input").click()
+    page.get_by_role("option", name="Widescreen 16:9 · 1344×768").click()
+    choose(page, "Resolution", "2k")
+    width, height = presets.size_for_preset("widescreen_16_9", "2k")  # 2048×1168: the menu follows the resolution
+    page.wait_for_function(f"() => document.querySelector('#text_to_image-aspect input').value == "
+                           f"'Widescreen 16:9 · {width}×{height}'")
+    generate(page, "text_to_image", "a wide valley")
+    assert result_size(page, "text_to_image") == (width, height)
+
+
+def test_width_and_height_move_only_with_custom_size(page):
+    page.get_by_text("Advanced").first.click()
+    for side in ("width", "height"):
+        assert page.is_disabled(f"#text_to_image-{side} input[type=range]"), side
+    page.check("#text_to_image-custom-size input")
+    for side in ("width", "height"):
+        page.wait_for_function(f"() => !document.querySelector('#text_to_image-{side} input[type=range]').disabled")
+    page.fill("#text_to_image-width input[type=number]", "320")
+    page.press("#text_to_image-width input[type=number]", "Tab")
+    page.fill("#text_to_image-height input[type=number]", "192")
+    page.press("#text_to_image-height input[type=number]", "Tab")
+    generate(page, "text_to_image", "a narrow strip")
+    assert result_size(page, "text_to_image") == (320, 192)
+
+
+def test_seed_used_is_empty_before_anything_is_generated(page):
+    assert page.input_value("#text_to_image-seed-used input") == ""
+    assert page.inner_text("#text_to_image-info").strip() == ""
 
 
 def test_use_as_input_sends_the_result_to_edit_and_multi_reference(page):
@@ -187,6 +305,11 @@ def test_load_settings_from_image(page, tmp_path):
     page.locator("#settings-image button[aria-label='Remove Image']").first.click()
     page.set_input_files("#settings-image input[type=file]", str(plain))
     page.get_by_text("carries no generation settings").first.wait_for()
+    page.wait_for_timeout(1000)  # the event's outputs have arrived
+    assert error_badges(page) == []  # no control marked as failed (the event returned no values: issue 12)
+    assert page.input_value("#text_to_image-prompt textarea") == "an owl at night"  # nothing was changed
+    page.fill("#text_to_image-prompt textarea", "still typeable")
+    assert page.input_value("#text_to_image-prompt textarea") == "still typeable"
 
 
 def test_phone_width_and_dark_mode_screenshots(browser, app_url):
@@ -196,6 +319,8 @@ def test_phone_width_and_dark_mode_screenshots(browser, app_url):
     page.wait_for_selector("#text_to_image-prompt textarea")
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390 + 1  # nothing forces sideways scrolling on a phone
+    generate_button = page.locator("#text_to_image-generate").bounding_box()
+    assert generate_button["y"] + generate_button["height"] <= 844, generate_button  # in the first screen
     background = page.evaluate("() => getComputedStyle(document.querySelector('.gradio-container')).backgroundColor")
     page.screenshot(path=str(SCREENSHOTS / "phone_dark.png"), full_page=True)
     context.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,27 @@ def test_the_three_workflows_are_tools_with_descriptions(mcp_url):
     assert "prompt" in by_name["text_to_image"].inputSchema["properties"]
 
 
+def test_descriptions_are_whole_and_say_how_images_go_in(mcp_url):
+    """Each parameter's description is the endpoint's whole sentence; file tools name the ways an image
+    can go in (Gradio's own text pointed agents at an upload_file_to_gradio tool that does not exist)."""
+    import gradio.utils
+
+    from klein.config import MODELS
+    from klein.ui.endpoints import ENDPOINTS, make_endpoint
+
+    tools = {tool.name: tool for tool in call(mcp_url, lambda session: session.list_tools()).tools}
+    for endpoint in ENDPOINTS:
+        tool = tools[endpoint.tool_name]
+        _, docs, _ = gradio.utils.get_function_description(make_endpoint(endpoint, MODELS["tiny"], None))
+        for name, schema in tool.inputSchema["properties"].items():
+            assert schema["description"] == docs[name] and docs[name].endswith("."), (tool.name, name)
+        assert "upload_file_to_gradio" not in tool.description
+    assert tools["text_to_image"].inputSchema["properties"]["safety_tolerance"]["description"].endswith(
+        "moderates the prompt, the reference images and the result.")
+    for name in ("edit_image", "multi_reference_image"):
+        assert "data URI" in tools[name].description and "http(s) URL" in tools[name].description
+
+
 def test_a_tool_call_returns_the_image_as_image_content(mcp_url):
     arguments = {"prompt": "a lighthouse", "custom_size": True, "width": 256, "height": 192,
                  "randomize_seed": False, "seed": 11}
@@ -66,7 +88,15 @@ def test_a_tool_call_returns_the_image_as_image_content(mcp_url):
     assert Image.open(io.BytesIO(base64.b64decode(images[0].data))).size == (256, 192)
     texts = [c.text for c in result.content if c.type == "text"]
     assert "11" in texts  # the seed used, as its own item
-    assert any("256×192" in text for text in texts)  # and the generation info
+    info = json.loads(texts[-1])  # and the generation info, as JSON fields
+    assert (info["seed"], info["width"], info["height"], info["workflow"]) == (11, 256, 192, "text_to_image")
+
+
+def test_a_seed_given_alone_is_the_seed_used(mcp_url):
+    arguments = {"prompt": "a lighthouse", "custom_size": True, "width": 64, "height": 64, "seed": 42}
+    result = call(mcp_url, lambda session: session.call_tool("text_to_image", arguments))
+    assert not result.isError, result.content
+    assert json.loads([c.text for c in result.content if c.type == "text"][-1])["seed"] == 42
 
 
 def test_a_refused_call_says_which_field(mcp_url):
@@ -102,7 +132,7 @@ def test_multi_reference_tool_takes_a_list_of_images(mcp_url):
                  "width": 96, "height": 128}
     result = call(mcp_url, lambda session: session.call_tool("multi_reference_image", arguments))
     assert only_image(result).size == (96, 128)
-    assert any("multi reference" in c.text for c in result.content if c.type == "text")
+    assert json.loads([c.text for c in result.content if c.type == "text"][-1])["workflow"] == "multi_reference"
 
 
 def test_multi_reference_tool_names_the_field_for_one_image(mcp_url):
@@ -110,3 +140,32 @@ def test_multi_reference_tool_names_the_field_for_one_image(mcp_url):
     result = call(mcp_url, lambda session: session.call_tool("multi_reference_image", arguments))
     text = " ".join(c.text for c in result.content if c.type == "text")
     assert result.isError and "images: 1 reference image given, multi-reference needs 2 to 4" in text
+
+
+def error_text(result) -> str:
+    assert result.isError, result.content
+    return " ".join(c.text for c in result.content if c.type == "text")
+
+
+def test_a_loopback_url_is_refused_naming_the_field(mcp_url):
+    arguments = {"image": "http://127.0.0.1:9/photo.png", "prompt": "x"}
+    text = error_text(call(mcp_url, lambda session: session.call_tool("edit_image", arguments)))
+    assert text.startswith("image: could not fetch http://127.0.0.1:9/photo.png"), text
+    assert "data URI" in text and "upstream Gradio app" not in text
+
+
+@pytest.mark.parametrize("images, field", [
+    ([data_uri("robot.png"), data_uri("mug.png")], "images[0]"),  # strings, not {"image": ...}
+    (data_uri("robot.png"), "images"),  # one string, not a list
+])
+def test_a_malformed_images_list_is_a_short_error_naming_the_field(mcp_url, images, field):
+    arguments = {"images": images, "prompt": "x"}
+    text = error_text(call(mcp_url, lambda session: session.call_tool("multi_reference_image", arguments)))
+    assert text.startswith(f"{field}: "), text[:300]
+    assert len(text) < 400, text[:600]  # the 5 KB of base64 are not echoed back
+
+
+def test_an_image_that_is_neither_url_nor_data_uri_names_the_field(mcp_url):
+    raw = base64.b64encode((ROOT / "assets" / "robot.png").read_bytes()).decode()  # base64 without "data:"
+    text = error_text(call(mcp_url, lambda session: session.call_tool("edit_image", {"image": raw, "prompt": "x"})))
+    assert text.startswith("image: ") and "data URI" in text and len(text) < 400, text[:600]

@@ -47,6 +47,10 @@ def test_defaults_follow_the_table_and_the_loaded_model():
     assert values["output_format"] == presets.DEFAULT_OUTPUT_FORMAT
     assert values["aspect_ratio"] == presets.PARAMETERS["aspect_ratio"].default
     assert (values["steps"], values["guidance"]) == (50, 4.0)  # the base model's, not the distilled 4 / 1.0
+    # A caller who gives no seed gets a random one, and one who gives a seed gets it (issue 12, finding 3);
+    # width and height are unset unless given (a size given is a size used, finding 5).
+    assert (values["seed"], values["randomize_seed"]) == (None, False)
+    assert (values["custom_size"], values["width"], values["height"]) == (None, None, None)
     edit = make_endpoint(ENDPOINTS[1], MODELS["tiny"], recording_handler(calls))
     edit("photo.png", "make it winter", seed=7, randomize_seed=False)
     assert calls[-1]["image"] == "photo.png" and calls[-1]["aspect_ratio"] == presets.MATCH_INPUT
@@ -64,7 +68,12 @@ def test_the_api_lists_what_the_page_sends(engine):
         parameters = info["/" + endpoint.api_name]["parameters"]
         reference = [endpoint.reference] if endpoint.reference else []
         assert [p["parameter_name"] for p in parameters] == reference + list(SETTING_NAMES)
-        tolerance = next(p for p in parameters if p["parameter_name"] == "safety_tolerance")
-        assert tolerance["parameter_default"] == presets.DEFAULT_SAFETY_TOLERANCE
+        by_name = {p["parameter_name"]: p for p in parameters}
+        assert by_name["safety_tolerance"]["parameter_default"] == presets.DEFAULT_SAFETY_TOLERANCE
+        # The defaults clients fill in are the signature's, not the page's controls (Randomize on, seed 0).
+        assert [by_name[name]["parameter_default"] for name in ("seed", "randomize_seed", "custom_size", "width")] == [
+            None, False, None, None]
+        assert [by_name[name]["parameter_has_default"] for name in reference + ["prompt"]] == [False] * len(
+            reference + ["prompt"])
     fn = next(f for f in demo.fns.values() if f.api_name == "edit")
     assert [c.label for c in fn.inputs][:2] == ["Image to edit", "Prompt"]

@@ -90,6 +90,47 @@ def test_control_values_become_a_request():
     preset = request_from_controls((), "a fox", "landscape", "1k", 0, True, "png", False, 512, 256, None, 3.5, 2,
                                    distilled=False, limits=Limits())
     assert preset.seed is None and preset.output_size() == (1344, 768) and preset.guidance == 3.5
-    with pytest.raises(InvalidRequest, match="seed: must be a whole number"):
+    with pytest.raises(InvalidRequest, match="seed: 1.5 is not a whole number"):
         request_from_controls((), "a fox", "landscape", "1k", 1.5, False, "png", False, 0, 0, None, None, 2,
                               distilled=True, limits=Limits())
+
+
+def test_a_seed_given_is_the_seed_used_unless_randomize_is_asked_for():
+    from klein.ui.state import seed_from
+
+    assert seed_from(42, False) == 42 and seed_from(42.0, False) == 42
+    assert seed_from(None, False) is None  # no seed: random
+    assert seed_from(42, True) is None  # randomize asked for: random, even with a seed
+
+
+def test_a_size_given_without_custom_size_is_used_and_custom_size_false_ignores_it():
+    from klein.config import Limits
+    from klein.ui.state import request_from_controls
+
+    def size(custom_size, width, height):
+        return request_from_controls((), "a fox", "landscape", "1k", None, False, "png", custom_size, width, height,
+                                     None, None, 2, distilled=True, limits=Limits()).output_size()
+
+    assert size(None, 512, 256) == (512, 256)  # the API without custom_size: width given = width used
+    assert size(None, None, None) == (1344, 768)  # nothing given: the preset
+    assert size(False, 512, 256) == (1344, 768)  # the page's switch off: the preset
+    assert size(True, 512.0, 256.0) == (512, 256)
+    with pytest.raises(InvalidRequest, match="height: is missing"):
+        size(None, 512, None)
+
+
+def test_aspect_ratio_choices_are_friendly_labels_over_the_api_keys():
+    from klein import presets
+    from klein.ui.display import aspect_choices
+
+    choices = aspect_choices("1k", with_match_input=False)
+    assert [value for _, value in choices] == list(presets.ASPECT_PRESETS)  # the API keeps its keys
+    labels = dict((value, label) for label, value in choices)
+    assert labels["square_1_1"] == "Square 1:1 · 1024×1024"
+    assert labels["widescreen_16_9"] == "Widescreen 16:9 · 1344×768"
+    assert labels["photo_v"] == "Photo, vertical · 832×1248"
+    assert len(set(labels.values())) == len(labels)  # no two entries read the same
+    at_2k = dict((value, label) for label, value in aspect_choices("2k", with_match_input=True))
+    width, height = presets.size_for_preset("widescreen_16_9", "2k")
+    assert at_2k["widescreen_16_9"] == f"Widescreen 16:9 · {width}×{height}"
+    assert at_2k[presets.MATCH_INPUT].startswith("Match the input")

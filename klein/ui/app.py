@@ -18,10 +18,11 @@ from ..errors import InvalidRequest
 from ..generation.engine import Engine
 from ..images import load_reference
 from ..request import check_reference_count
-from .controls import TabControls, named_image, workflow_tab
-from .display import format_info, model_banner
-from .endpoints import ENDPOINTS, Outputs, make_endpoint
+from .controls import TabControls, workflow_tab
+from .display import api_info, model_banner
+from .endpoints import ENDPOINTS, Outputs, make_endpoint, with_signature_defaults
 from .events import wire_restore, wire_tab, wire_use_as_input
+from .inputs import named_gallery, named_image
 from .mcp import fix_gradio_mcp_server
 from .state import Cancellations, gallery_paths, request_from_controls
 
@@ -32,6 +33,7 @@ ENTER_TO_GENERATE_JS = (ASSETS / "enter_to_generate.js").read_text()
 LOGIN_MESSAGE = "Log in with any user name and one of this server's API keys (KLEIN_API_KEYS) as the password."
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "Consolas", "monospace"])
+CSS = (ASSETS / "klein.css").read_text()
 
 
 def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str
                                      cancel=cancel)
         finally:
             cancellations.finish(session, cancel)
-        return str(result.path), result.seed, format_info(result)
+        return str(result.path), result.seed, api_info(result)
 
     def text_to_image(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
         return run((), values, progress, request)
@@ -79,7 +81,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
 
     # Gradio keeps every upload and a copy of every result in its cache: hourly, drop those over a day old.
     with gr.Blocks(title="Klein Studio", delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Markdown("# Klein Studio\nFLUX.2 [klein]: text-to-image, editing and multi-reference generation.")
+        gr.Markdown("# Klein Studio\n<span id='tagline'>FLUX.2 [klein]: text-to-image, editing and "
+                    "multi-reference generation.</span>", elem_id="header")
         gr.Markdown(model_banner(engine), elem_id="model-banner")
         history = gr.State([])
         with gr.Tabs(elem_id="workflow-tabs") as tabs:
@@ -98,10 +101,11 @@ def build_demo(engine: Engine) -> gr.Blocks:
                              [str(ASSETS / "robot.png"), "give the robot a red scarf"]],
                             [image_input, edit.prompt], label="Examples")
             with gr.Tab("Multi-reference", id="multi_reference"):
-                gallery = gr.Gallery(label=f"Reference images ({presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES})", type="filepath",
-                                     interactive=True, columns=4, height=220, file_types=["image"],
-                                     fit_columns=False, object_fit="contain",
-                                     elem_id="multi_reference-images")
+                # One row of MAX_REFERENCES thumbnails of at most 180 px (klein.css), so the height holds them.
+                gallery = named_gallery("images", label=f"Reference images ({presets.MULTI_REFERENCE_MIN} to "
+                                        f"{presets.MAX_REFERENCES})", interactive=True, columns=presets.MAX_REFERENCES,
+                                        height=250, fit_columns=False, object_fit="contain",
+                                        elem_id="multi_reference-images")
                 multi = workflow_tab("multi_reference", gallery, spec, max_tolerance)
                 gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
                               "the robot from image 1 standing in the landscape of image 2"],
@@ -122,6 +126,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             wire_tab(tab, functions[tab.workflow], history, history_gallery, cancellations)
             wire_use_as_input(tab, image_input, gallery, tabs)
         wire_restore(controls, tabs, history, history_gallery, settings_image, spec.name)
+    demo.get_api_info = with_signature_defaults(demo.get_api_info, functions)
     return demo
 
 
@@ -154,6 +159,7 @@ def launch(demo: gr.Blocks, engine: Engine, settings: Settings, keys: ApiKeys | 
         max_file_size=engine.limits.max_image_bytes,
         allowed_paths=[str(engine.output_dir), str(ASSETS)],
         theme=THEME,
+        css=CSS,
         js=ENTER_TO_GENERATE_JS,
         footer_links=["api", "gradio", "settings"],
         mcp_server=settings.mcp,

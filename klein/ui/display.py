@@ -1,8 +1,10 @@
-"""What the UI shows in words: the generation info line and the model banner (pure)."""
+"""What the UI shows in words: the generation info, the model banner, the aspect-ratio menu (pure)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .. import presets
 
 if TYPE_CHECKING:
     from ..generation.engine import Engine, GenerationResult
@@ -11,15 +13,42 @@ TINY_NOTICE = (
     "**The active model is the tiny random-weight model: its images are noise, not pictures.** "
     "It exists to try and test the app without downloading weights; start with `--model flux2-klein-4b` on a GPU."
 )
+# The menu's words for each preset key; the API and the page send the key.
+PRESET_NAMES = {
+    "square_1_1": "Square 1:1", "widescreen_16_9": "Widescreen 16:9", "social_story_9_16": "Social story 9:16",
+    "portrait_2_3": "Portrait 2:3", "traditional_3_4": "Traditional 3:4", "vertical_1_2": "Vertical 1:2",
+    "horizontal_2_1": "Horizontal 2:1", "social_post_4_5": "Social post 4:5", "standard_3_2": "Standard 3:2",
+    "classic_4_3": "Classic 4:3", "square": "Square", "landscape": "Landscape", "portrait": "Portrait",
+    "photo": "Photo", "photo_v": "Photo, vertical", "standard": "Standard", "standard_v": "Standard, vertical",
+    "wide": "Wide",
+}
+MATCH_INPUT_LABEL = "Match the input's aspect"
 
 
-def format_info(result: GenerationResult) -> str:
-    t = result.timings_ms
+def aspect_choices(resolution: str, with_match_input: bool) -> list[tuple[str, str]]:
+    """(label, key) pairs for the aspect-ratio menu, each label with the size it gives at `resolution`."""
+    if resolution not in presets.RESOLUTIONS:
+        resolution = "1k"
+    choices = [(f"{PRESET_NAMES.get(key, key)} · {w}×{h}", key)
+               for key in presets.ASPECT_PRESETS for w, h in [presets.size_for_preset(key, resolution)]]
+    return [(MATCH_INPUT_LABEL, presets.MATCH_INPUT), *choices] if with_match_input else choices
+
+
+def api_info(result: GenerationResult) -> dict[str, Any]:
+    """The generation's fields for API and MCP callers: plain data, no formatting."""
+    return {**result.info(), "timings_ms": {name: round(ms, 1) for name, ms in result.timings_ms.items()}}
+
+
+def format_info(info: dict[str, Any] | None) -> str:
+    """The page's Markdown line for the fields of api_info()."""
+    if not info:
+        return ""
+    t = info.get("timings_ms") or {}
     stages = ", ".join(f"{name.replace('_', ' ')} {t[name]:.0f} ms" for name in t if name != "total")
     return (
-        f"**{result.width}×{result.height}** · seed `{result.seed}` · {result.model} · {result.steps} steps · "
-        f"{result.workflow.value.replace('_', ' ')} · {result.output_format}"
-        + (f" · {result.worker}" if result.worker else "") + "  \n"
+        f"**{info['width']}×{info['height']}** · seed `{info['seed']}` · {info['model']} · {info['steps']} steps · "
+        f"{str(info['workflow']).replace('_', ' ')} · {info['output_format']}"
+        + (f" · {info['worker']}" if info.get("worker") else "") + "  \n"
         f"{t.get('total', 0):.0f} ms ({stages})"
     )
 
@@ -29,7 +58,4 @@ def model_banner(engine: Engine) -> str:
     text = f"Model **{model.spec.name}** on {model.device} ({str(model.dtype).removeprefix('torch.')})"
     if engine.model_reason:
         text += f" — {engine.model_reason}"
-    offload = getattr(model, "offload", "none")  # a worker-backed front has no pipeline of its own
-    if offload != "none":
-        text += f"; offload **{offload}** ({model.offload_reason})"
     return text + ("\n\n" + TINY_NOTICE if model.is_tiny else "")

@@ -9,6 +9,7 @@ follow the same names.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -26,8 +27,8 @@ from .state import SETTING_NAMES
 
 log = logging.getLogger(__name__)
 
-Outputs = tuple[str, int, str]
-# (the endpoint's argument values by name, gr.Progress, gr.Request) -> (image file, seed used, info)
+Outputs = tuple[str, int, dict]
+# (the endpoint's argument values by name, gr.Progress, gr.Request) -> (image file, seed used, info fields)
 Handler = Callable[[dict[str, Any], Any, Any], Outputs]
 
 
@@ -45,34 +46,43 @@ class Endpoint:
     returns: str
 
 
+RETURNS = ("the seed used, and the generation's fields as JSON (seed, width, height, model, workflow, steps, "
+           "guidance, output_format, timings_ms).")
+FILE_DOC = "gradio_client: handle_file(path or URL); MCP: an http(s) URL or a data URI"
+
 ENDPOINTS = (
     Endpoint("text_to_image", "text_to_image", "Generate an image from a text prompt with FLUX.2 [klein].",
              None, "", "a preset such as square_1_1, widescreen_16_9, landscape or portrait.",
-             "what the image should show.", "The image file, the seed used, and a line describing the generation."),
+             "what the image should show.", f"The image file, {RETURNS}"),
     Endpoint("edit", "edit_image", "Edit an image with a text instruction with FLUX.2 [klein].",
-             "image", "the image to edit (PNG, JPEG or WebP, at least 64 px a side, aspect at most 8:1).",
+             "image", f"the image to edit (PNG, JPEG or WebP, at least 64 px a side, aspect at most 8:1; {FILE_DOC}).",
              '"match_input" keeps the input\'s aspect ratio; or a preset such as square_1_1.',
-             'the edit to make, e.g. "make it night time".',
-             "The edited image file, the seed used, and a line describing the generation."),
+             'the edit to make, e.g. "make it night time".', f"The edited image file, {RETURNS}"),
     Endpoint("multi_reference", "multi_reference_image",
              f"Generate an image from {presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images and "
              "a prompt with FLUX.2 [klein].",
              "images", f"{presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images (PNG, JPEG or "
-             "WebP), e.g. a person, a product and a place.",
+             'WebP), e.g. a person, a product and a place; each {"image": file, "caption": null} (file: '
+             f"{FILE_DOC}).",
              '"match_input" uses the first image\'s aspect ratio; or a preset such as landscape.',
              'how to combine them, e.g. "the person from image 1 holding the cup from image 2".',
-             "The generated image file, the seed used, and a line describing the generation."),
+             f"The generated image file, {RETURNS}"),
 )
 
 # What the UI adds to the table's parameters: how each arrives from its control, and its description.
+# An API or MCP caller's defaults differ from the page's controls: a seed given is the seed used
+# (randomize_seed is off unless asked for), and a width and height given are the size used.
 CONTROL_DOCS = {
-    "seed": f"the seed to use when randomize_seed is false (0..{presets.SEED_MAX}).",
-    "randomize_seed": "pick a random seed; the seed used is returned either way.",
-    "custom_size": "use width and height instead of the preset.",
+    "randomize_seed": "true: a random seed even when one is given (the page's checkbox); the seed used is "
+                      "returned either way.",
+    "custom_size": "true: width and height; false: the preset (width and height ignored); left out: width and "
+                   "height when given.",
 }
-CONTROL_TYPES: dict[str, Any] = {"prompt": str, "aspect_ratio": str, "resolution": str, "seed": float,
-                                 "randomize_seed": bool, "output_format": str, "custom_size": bool}
-CONTROL_DEFAULTS: dict[str, Any] = {"seed": 0, "randomize_seed": True, "custom_size": False}
+CONTROL_TYPES: dict[str, Any] = {"prompt": str, "aspect_ratio": str, "resolution": str, "seed": int | None,
+                                 "randomize_seed": bool, "output_format": str, "custom_size": bool | None,
+                                 "width": float | None, "height": float | None}
+CONTROL_DEFAULTS: dict[str, Any] = {"seed": None, "randomize_seed": False, "custom_size": None, "width": None,
+                                    "height": None}
 
 
 def setting_parameters(endpoint: Endpoint, spec: ModelSpec) -> list[inspect.Parameter]:
@@ -126,6 +136,32 @@ def make_endpoint(endpoint: Endpoint, spec: ModelSpec, handle: Handler) -> Calla
     event.__annotations__["return"] = Outputs
     event.__doc__ = docstring(endpoint)
     return event
+
+
+def with_signature_defaults(get_api_info: Callable[..., dict], functions: dict[str, Callable]) -> Callable[..., dict]:
+    """Blocks.get_api_info, with each endpoint parameter's default taken from the endpoint's signature.
+
+    Gradio takes a parameter's default from its control's initial value, which is the page's: the
+    Randomize checkbox on, a seed of 0, the size sliders at 1024. API and MCP callers get the
+    signature's instead (no seed: random; a seed given: that seed; width and height only when given),
+    and a parameter without a default (the prompt, the images) is required.
+    """
+
+    @functools.wraps(get_api_info)
+    def api_info(*args: Any, **kwargs: Any) -> dict:
+        info = get_api_info(*args, **kwargs)
+        for api_name, fn in functions.items():
+            endpoint = info.get("named_endpoints", {}).get(f"/{api_name}")
+            signature = inspect.signature(fn).parameters
+            for parameter in endpoint["parameters"] if endpoint else []:
+                declared = signature.get(parameter["parameter_name"])
+                if declared is not None:
+                    has_default = declared.default is not inspect.Parameter.empty
+                    parameter.update(parameter_has_default=has_default,
+                                     parameter_default=declared.default if has_default else None)
+        return info
+
+    return api_info
 
 
 @contextmanager

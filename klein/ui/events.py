@@ -1,36 +1,58 @@
-"""The page's helper events, private to the page (not in the API): history, Cancel, Reuse seed,
-Edit this image / Add to multi-reference, restoring settings from history or from an image."""
+"""The page's helper events, private to the page (not in the API): clearing the last result, the info
+line, history, Cancel, Reuse seed, Custom size and the preset labels, Edit this image / Add to
+multi-reference, restoring settings from history or from an image."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 
 from .. import presets
 from ..output.encode import settings_from_image
 from .controls import TabControls
+from .display import aspect_choices, format_info
 from .endpoints import user_errors
 from .state import Cancellations, gallery_paths, with_history_entry
 
 GPU_LANE = "gpu"  # every generating event shares it, so two tabs never run the model at once
+# Run in the browser as Generate is clicked: the last result, its seed and info go, so after an error
+# or Cancel nothing stale is left on show (and no "Error" pill covers an old info line).
+CLEAR_RESULT_JS = "() => [null, null, null, '', '']"
+PAGE_ONLY = dict(api_visibility="private", queue=False, show_progress="hidden")
 
 
 def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery: gr.Gallery,
              cancellations: Cancellations) -> None:
-    """Generate (the public endpoint), then history; Cancel; Reuse seed."""
-    event = tab.generate.click(fn, tab.inputs(), [tab.result, tab.seed_used, tab.info], api_name=tab.workflow,
-                               concurrency_id=GPU_LANE)
+    """Generate (clear, then the public endpoint with one progress bar, on the image), then the info line
+    and history; Cancel; Reuse seed; the settings' own events."""
+    shown = [tab.info, tab.seed_shown]
+    cleared = tab.generate.click(None, None, tab.outputs() + shown, js=CLEAR_RESULT_JS, **PAGE_ONLY)
+    event = cleared.then(fn, tab.inputs(), tab.outputs(), api_name=tab.workflow, concurrency_id=GPU_LANE,
+                         show_progress_on=[tab.result])
+    references = [tab.reference] if tab.reference is not None else []
 
-    def add_to_history(path: str | None, entries: list[dict]) -> tuple[list[dict], list]:
-        """Put a new result first in this session's history.
+    def show_info(details: dict | None) -> tuple[str, str]:
+        """The page's info line and "Seed used" box for the generation's fields.
+
+        Args:
+            details: the fields the endpoint returned.
+        """
+        return format_info(details), str(details["seed"]) if details else ""
+
+    def add_to_history(path: str | None, entries: list[dict], *reference: Any) -> tuple[list[dict], list]:
+        """Put a new result first in this session's history, with the reference images it was made from.
 
         Args:
             path: the result's file.
             entries: the history so far.
+            reference: the tab's reference image (Edit) or gallery (Multi-reference), if it has one.
         """
+        value = reference[0] if reference else None
+        files = gallery_paths(value) if isinstance(value, list) else [value] if value else []
         with user_errors():
-            entries = with_history_entry(entries, path)
+            entries = with_history_entry(entries, path, files)
         return entries, [(e["path"], e["caption"]) for e in entries]
 
     def cancel_generation(request: gr.Request) -> None:
@@ -50,11 +72,35 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
         """
         return (seed, False) if seed is not None else (gr.skip(), gr.skip())
 
-    event.success(add_to_history, [tab.result, history], [history, history_gallery],
-                  api_visibility="private", queue=False)
+    event.success(show_info, [tab.details], shown, **PAGE_ONLY)
+    event.success(add_to_history, [tab.result, history, *references], [history, history_gallery], **PAGE_ONLY)
     tab.cancel.click(cancel_generation, None, None, cancels=[event], api_visibility="private")
-    tab.reuse_seed.click(reuse_seed, [tab.seed_used], [tab.seed, tab.randomize_seed], api_visibility="private",
-                         queue=False)
+    tab.reuse_seed.click(reuse_seed, [tab.seed_used], [tab.seed, tab.randomize_seed], **PAGE_ONLY)
+    wire_settings(tab)
+
+
+def wire_settings(tab: TabControls) -> None:
+    """Width and Height move only with Custom size on; the aspect-ratio menu shows sizes at the chosen resolution."""
+    with_match_input = tab.reference is not None
+
+    def size_sliders(custom_size: bool):
+        """Let the size sliders move only when they are used.
+
+        Args:
+            custom_size: the Custom size checkbox.
+        """
+        return gr.Slider(interactive=bool(custom_size)), gr.Slider(interactive=bool(custom_size))
+
+    def relabel_presets(resolution: str):
+        """Show each preset's size at this resolution.
+
+        Args:
+            resolution: "1k" or "2k".
+        """
+        return gr.Dropdown(choices=aspect_choices(resolution, with_match_input))
+
+    tab.custom_size.change(size_sliders, [tab.custom_size], [tab.width, tab.height], **PAGE_ONLY)
+    tab.resolution.change(relabel_presets, [tab.resolution], [tab.aspect_ratio], **PAGE_ONLY)
 
 
 def wire_use_as_input(tab: TabControls, image_input: gr.Image, gallery: gr.Gallery, tabs: gr.Tabs) -> None:
@@ -93,8 +139,10 @@ def wire_use_as_input(tab: TabControls, image_input: gr.Image, gallery: gr.Galle
 
 def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.State, history_gallery: gr.Gallery,
                  settings_image: gr.Image, model_name: str) -> None:
-    """Click a history item, or drop an image with settings, to fill its tab's controls."""
-    every_control = [c for tab in controls.values() for c in tab.settings()]
+    """Click a history item, or drop an image with settings, to fill its tab's controls (and, from history,
+    its reference images)."""
+    every_control = [c for tab in controls.values() for c in tab.inputs()]  # settings and reference images
+    nothing = {tabs: gr.skip()}  # a non-empty dict: Gradio reads {} as one value for 37 outputs
 
     def restore_from_history(entries: list[dict], evt: gr.SelectData) -> dict:
         """Restore a history item's prompt, seed and settings in its tab.
@@ -113,12 +161,12 @@ def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.St
             path: an image made by Klein Studio, or one with A1111-style parameters.
         """
         if not path:
-            return {}
+            return nothing
         with user_errors():
             settings = settings_from_image(path)
         if not settings:
             gr.Warning("This image carries no generation settings (no Klein Studio or A1111 metadata).")
-            return {}
+            return nothing
         workflow = settings.get("workflow") if settings.get("workflow") in controls else "text_to_image"
         made_with = settings.get("model")
         if made_with and made_with != model_name:
@@ -128,7 +176,7 @@ def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.St
             gr.Info(f"Settings loaded from an image made with {made_with or 'an unknown model'}.")
         return {**controls[workflow].restore_updates(settings), tabs: gr.Tabs(selected=workflow)}
 
-    history_gallery.select(restore_from_history, [history], every_control + [tabs],
-                           api_visibility="private", queue=False)
+    history_gallery.select(restore_from_history, [history], every_control + [tabs], **PAGE_ONLY)
     # Queued, because gr.Info / gr.Warning reach the page only through the queue.
-    settings_image.upload(load_settings, [settings_image], every_control + [tabs], api_visibility="private")
+    settings_image.upload(load_settings, [settings_image], every_control + [tabs], api_visibility="private",
+                          show_progress="hidden")

@@ -51,7 +51,12 @@ def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: 
                           randomize_seed: bool, output_format: str, custom_size: bool, width: Any, height: Any,
                           steps: Any, guidance: Any, safety_tolerance: Any, *, distilled: bool,
                           limits: Limits) -> GenerationRequest:
-    """The request a tab's control values describe (validated by GenerationRequest, naming the field)."""
+    """The request a tab's control values describe (validated by GenerationRequest, naming the field).
+
+    custom_size None (an API call that leaves it out) means a custom size when width or height is given.
+    """
+    if custom_size is None:
+        custom_size = width is not None or height is not None
     return GenerationRequest(
         prompt=prompt,
         images=tuple(references),
@@ -69,11 +74,12 @@ def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: 
 
 
 def seed_from(seed: float | int | None, randomize_seed: bool) -> int | None:
-    """None (random) when randomize_seed is on, else the seed as an int (validated by the request)."""
-    if randomize_seed:
+    """None (random) when randomize_seed is on or no seed is given, else the seed as an int (validated by
+    the request): a seed given is the seed used."""
+    if randomize_seed or seed is None:
         return None
-    if seed is None or (isinstance(seed, float) and not seed.is_integer()):
-        raise InvalidRequest("seed", f"must be a whole number in 0..{presets.SEED_MAX}, got {seed!r}")
+    if isinstance(seed, float) and not seed.is_integer():
+        raise InvalidRequest("seed", f"{seed!r} is not a whole number; use an integer in 0..{presets.SEED_MAX}")
     return int(seed)
 
 
@@ -133,12 +139,13 @@ def _fit_side(value: float) -> int:
     return min(presets.MAX_SIDE, max(presets.MIN_SIDE, presets.align(value)))
 
 
-def with_history_entry(entries: list[dict], path: str | None) -> list[dict]:
-    """The history with the image at `path` first (its settings read from its metadata), capped."""
+def with_history_entry(entries: list[dict], path: str | None, references: Sequence[str] = ()) -> list[dict]:
+    """The history with the image at `path` first (its settings read from its metadata, with the files of
+    its reference images so restoring it restores them), capped."""
     settings = settings_from_image(path) if path else None
     if settings is None:
         return entries
     output_format = {".jpg": "jpeg", ".png": "png", ".webp": "webp"}.get(Path(path).suffix)
-    entry = {**settings, "path": path, "output_format": output_format,
+    entry = {**settings, "path": path, "output_format": output_format, "references": list(references),
              "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
     return [entry, *entries][:HISTORY_LIMIT]
