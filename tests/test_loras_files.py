@@ -110,6 +110,7 @@ def test_an_absolute_path_inside_the_folder_is_found_by_its_place_there(folder):
     ("notes.txt", "is not a .safetensors file"),
     ("styles/ink", "has several .safetensors files (one.safetensors, two.safetensors); say which with weight_name"),
     ("missing", "is not in the LoRA folder and is not a hub id"),
+    ("0" * 1000, "is not in the LoRA folder and is not a hub id"),  # too long a name for the file system
     ("ftp://example.com/x.safetensors", "only huggingface.co file URLs are fetched"),
 ])
 def test_what_cannot_be_named_is_refused(folder, path, words):

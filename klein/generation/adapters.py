@@ -18,7 +18,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..errors import InvalidRequest
 from .loras import ActiveLora
@@ -120,6 +119,8 @@ def text_encoder_adapters(pipe) -> tuple[tuple[str, float], ...]:
     encoder = getattr(pipe, "text_encoder", None)
     if encoder is None or not getattr(encoder, "peft_config", None):
         return ()
+    from peft.tuners.tuners_utils import BaseTunerLayer  # only once peft has put an adapter there
+
     for module in encoder.modules():
         if isinstance(module, BaseTunerLayer):
             if module.disable_adapters:

@@ -121,7 +121,10 @@ class LoraLibrary:
         if "://" in path:
             raise InvalidRequest(field, f"{_shown(path)}: only huggingface.co file URLs are fetched "
                                  "(https://huggingface.co/OWNER/NAME/resolve/main/FILE.safetensors); or give a hub id")
-        local = self._local(path, spec.weight_name, field)
+        try:
+            local = self._local(path, spec.weight_name, field)
+        except OSError:  # a name the file system refuses (too long, ...) names nothing in the folder
+            local = None
         if local is not None:
             return local
         if HUB_ID.fullmatch(path) and not path.endswith("/"):

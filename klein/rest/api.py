@@ -153,7 +153,8 @@ class RestApi:
         request = GenerationRequest(
             prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
-            safety_tolerance=body.safety_tolerance, limits=limits)
+            safety_tolerance=body.safety_tolerance, loras=[lora.model_dump() for lora in body.loras or ()],
+            limits=limits)
         result = self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
                                       cancel=cancel, keep_file=False)
         self.work.add(work_seconds(result.timings_ms))
@@ -181,7 +182,7 @@ class RestApi:
         inputs = [self._reference(value, name) for name, value in named]
         images = [load_reference(data, name, limits) for (name, _), data in zip(named, inputs)]
         params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",
-                                          "safety_tolerance", "width", "height"})
+                                          "safety_tolerance", "width", "height", "loras"})
         request = GenerationRequest(images=tuple(images), limits=limits, **params)
         self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored
         params["output_format"] = request.output_format

@@ -100,9 +100,19 @@ async def _read_form(request: Request, limits: Limits) -> tuple[dict, list[bytes
             fields["images"] = texts
         if "image_uris" in fields:
             fields["image_uris"] = _uri_list(form.getlist("image_uris"))
+        if "loras" in fields:
+            fields["loras"] = _json_field(fields["loras"], "loras", 'a JSON array of {"path", "scale"}')
         return fields, uploads
     finally:
         await form.close()
+
+
+def _json_field(text: str, field: str, what: str) -> Any:
+    """A form field that carries JSON (a form has only text)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(field, f"is not valid JSON; send {what}") from None
 
 
 def _whole_numbers(data: dict[str, Any], form: bool) -> dict[str, Any]:
@@ -190,7 +200,9 @@ def validation_detail(errors: list[dict]) -> str:
         if error.get("type") == "json_invalid":
             parts.append("body: is not valid JSON")
             continue
-        loc = [p for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = list(error.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):  # FastAPI's location, not a field: only the
+            loc = loc[1:]  # first (a LoRA has a field named path)
         name = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
         name = name if len(name) <= 80 else name[:77] + "..."
         message = str(error.get("msg", "is invalid"))

@@ -104,7 +104,8 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
         return JSONResponse(GenerateResponse(
             image=base64.b64encode(result.data).decode(), mime_type=result.mime_type, seed=result.seed,
             width=result.width, height=result.height, model=result.model, workflow=result.workflow.value,
-            output_format=result.output_format, timings_ms=result.timings_ms).model_dump())
+            output_format=result.output_format, timings_ms=result.timings_ms,
+            loras=result.loras or None).model_dump(exclude_none=True))
 
     @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
                  openapi_extra=task_body_openapi(), responses=error_responses(413, 415, 422, 503))

@@ -22,7 +22,10 @@ from ..presets import (
     ASPECT_PRESETS_V2,
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_SAFETY_TOLERANCE,
+    LORA_SCALE,
+    LORAS,
     MATCH_INPUT,
+    MAX_LORA_PATH,
     MAX_REFERENCES,
     OUTPUT_FORMATS,
     PARAMETERS,
@@ -40,6 +43,23 @@ FORMAT_NAMES = (*OUTPUT_FORMATS, "jpg")  # GenerationRequest reads "jpg" as "jpe
 # and ignoring it would make every signature check fail on the client's side, silently.
 IGNORED_FIELDS: frozenset[str] = frozenset()
 STRICT_INT = {"strict": True}
+
+
+class LoraBody(BaseModel):
+    """One LoRA of a request (fal's shape, and klein.request.LoraSpec's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="A .safetensors file or folder in the server's LoRA folder (by its path there, "
+                      "with or without .safetensors), a Hugging Face hub id (owner/name or owner/name/file.safetensors) "
+                      "or a huggingface.co file URL.")
+    scale: float = Field(float(LORA_SCALE.default), description=LORA_SCALE.doc, strict=True)
+    weight_name: str | None = Field(None, description="Which .safetensors file of a hub repository or folder "
+                                    "holding several.")
+
+
+LORAS_FIELD = Field(None, description=LORAS.doc + " A Klein Studio extension in fal's shape: "
+                    '[{"path": "...", "scale": 1.0}]. Unknown or unreadable: a 422 naming loras[i].path.')
 
 
 class GenerateBody(BaseModel):
@@ -61,6 +81,7 @@ class GenerateBody(BaseModel):
                                   **STRICT_INT)
     output_format: str | None = Field(None, description="jpeg (default), png or webp; with an image Accept "
                                       "header and no output_format, the Accept's format.")
+    loras: list[LoraBody] | None = LORAS_FIELD
     width: int | None = Field(None, description=PARAMETERS["width"].doc, **STRICT_INT)
     height: int | None = Field(None, description=PARAMETERS["height"].doc, **STRICT_INT)
 
@@ -75,6 +96,8 @@ class GenerateResponse(BaseModel):
     workflow: str = Field(description="text_to_image, edit or multi_reference (from the number of images).")
     output_format: str
     timings_ms: dict[str, float] = Field(description="Milliseconds per stage and in total.")
+    loras: list[LoraBody] | None = Field(None, description="The LoRAs applied (those of scale 0 left out), each "
+                                         "path as it can be named again; absent without LoRAs.")
 
 
 class TaskCreate(BaseModel):
@@ -93,6 +116,7 @@ class TaskCreate(BaseModel):
     safety_tolerance: int = Field(DEFAULT_SAFETY_TOLERANCE, description=PARAMETERS["safety_tolerance"].doc,
                                   **STRICT_INT)
     output_format: str = Field(DEFAULT_OUTPUT_FORMAT, description="jpeg or png (webp also works).")
+    loras: list[LoraBody] | None = LORAS_FIELD
     width: int | None = Field(None, description="Klein Studio extension: custom width (with height), as /v1/generate.",
                               **STRICT_INT)
     height: int | None = Field(None, description="Klein Studio extension: custom height (with width).", **STRICT_INT)
@@ -111,6 +135,7 @@ class TaskData(BaseModel):
     workflow: str | None = None
     output_format: str | None = None
     timings_ms: dict[str, float] | None = None
+    loras: list[LoraBody] | None = None
     created_at: str
     updated_at: str
 
@@ -158,7 +183,20 @@ def field_rules() -> dict[str, dict[str, Any]]:
         "images": references,
         "image_uris": references,
         "webhook_url": {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/?#@]+(/\S*)?$"},
+        "loras": lora_rule(),
     }
+
+
+def lora_rule() -> dict[str, Any]:
+    """`loras` as GenerationRequest takes it (whether a path names an adapter is beyond any schema)."""
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_LORA_PATH, "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"}
+    return {"type": "array", "maxItems": int(LORAS.maximum), "items": {
+        "type": "object", "additionalProperties": False, "required": ["path"], "properties": {
+            "path": text,
+            "scale": {"type": "number", "minimum": LORA_SCALE.minimum, "maximum": LORA_SCALE.maximum,
+                      "default": LORA_SCALE.default},
+            "weight_name": {"anyOf": [text | {"pattern": r"^[^\x00-\x1f]*\.safetensors$"}, {"type": "null"}]},
+        }}}
 
 
 SIZES = {"width": {"type": "integer"}, "height": {"type": "integer"}}
@@ -200,7 +238,8 @@ def generate_body_openapi(model_name: str) -> dict[str, Any]:
     json_schema = body_schema(GenerateBody, model_rule)
     form_schema = body_schema(GenerateBody, model_rule | {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_REFERENCES},
-        "image_uris": {"type": "string", "description": "A JSON array of URLs / data URIs."}}, form=True)
+        "image_uris": {"type": "string", "description": "A JSON array of URLs / data URIs."},
+        "loras": {"type": "string", "description": 'A JSON array of {"path", "scale"}.'}}, form=True)
     form_schema["properties"]["images"]["description"] = "Reference image files (0..4)."
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": json_schema},
