@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps
 
 from .config import Limits
 from .errors import InvalidRequest, QueueFull
@@ -29,22 +29,24 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MODEL_REFERENCE_AREA = 1024 * 1024  # Flux2KleinPipeline resizes larger reference images to this area
 
 
-def load_reference(source: ImageSource, field: str, limits: Limits = Limits()) -> Image.Image:
-    """Turn a PIL image, file path, raw bytes, base64 string or data URI into a checked RGB image.
+def load_reference(source: ImageSource, field: str, limits: Limits = Limits(), mask: bool = False) -> Image.Image:
+    """Turn a PIL image, file path, raw bytes, base64 string or data URI into a checked RGB image (or,
+    with `mask`, a grayscale inpainting mask: white repaints, black keeps), shrunk as the model shrinks it.
 
     Args:
         source: the image in any of the accepted forms.
         field: the request field it came from, named in every error (e.g. "images[2]").
         limits: byte, pixel, side and aspect limits.
+        mask: read it as a mask; a colour image is refused.
     """
     if isinstance(source, Image.Image):
         _check_dimensions(source.size, field, limits)
-        return shrink_to_model_area(_to_rgb(source))
+        return shrink_to_model_area(_to_mask(source, field) if mask else _to_rgb(source))
     data = _read_bytes(source, field, limits)
-    return decode_image_bytes(data, field, limits)
+    return decode_image_bytes(data, field, limits, mask)
 
 
-def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Image.Image:
+def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits(), mask: bool = False) -> Image.Image:
     """Decode PNG/JPEG/WebP bytes after checking their size and the header's dimensions."""
     if len(data) > limits.max_image_bytes:
         raise InvalidRequest(field, f"image is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes")
@@ -65,7 +67,7 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits()) -> Im
             image.load()
         except Exception as exc:
             raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
-        return shrink_to_model_area(_to_rgb(image))
+        return shrink_to_model_area(_to_mask(image, field) if mask else _to_rgb(image))
 
 
 class PixelBudget:
@@ -174,3 +176,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _to_mask(image: Image.Image, field: str) -> Image.Image:
+    """A grayscale mask. Transparent areas keep (an unpainted brush layer is transparent); colour is refused,
+    since which channel would be the mask is a guess."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("1", "L"):
+        return image.convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (0, 0, 0))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        image = flat
+    red, green, blue = image.convert("RGB").split()
+    if ImageChops.difference(red, green).getbbox() or ImageChops.difference(green, blue).getbbox():
+        raise InvalidRequest(field, "is a colour image; a mask is grayscale: white where to repaint, black where "
+                             "to keep")
+    return red

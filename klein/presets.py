@@ -141,11 +141,14 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "holds several files).", 0, MAX_LORAS),
     Parameter("lora_scale", 1.0, f"how strongly a LoRA applies, {MIN_LORA_SCALE:g}..{MAX_LORA_SCALE:g}: 1 as "
               "trained, 0 off, negative pushes away from it.", MIN_LORA_SCALE, MAX_LORA_SCALE),
+    Parameter("strength", 1.0, "inpainting: how much of the masked area is repainted, 0..1; 1 (default) paints it "
+              "anew, lower values keep more of what is there.", 0.0, 1.0),
 )}
 SAFETY_TOLERANCE = PARAMETERS["safety_tolerance"]
 STEPS = PARAMETERS["steps"]
 GUIDANCE = PARAMETERS["guidance"]
 LORAS = PARAMETERS["loras"]
 LORA_SCALE = PARAMETERS["lora_scale"]
+STRENGTH = PARAMETERS["strength"]
 DEFAULT_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.default)
 MAX_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.maximum)

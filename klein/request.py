@@ -27,6 +27,7 @@ from .presets import (
     OUTPUT_FORMATS,
     SAFETY_TOLERANCE,
     STEPS,
+    STRENGTH,
 )
 
 
@@ -34,6 +35,7 @@ class Workflow(str, Enum):
     TEXT_TO_IMAGE = "text_to_image"
     EDIT = "edit"
     MULTI_REFERENCE = "multi_reference"
+    INPAINT = "inpaint"
 
     @classmethod
     def for_image_count(cls, count: int) -> "Workflow":
@@ -78,6 +80,9 @@ class GenerationRequest:
         output_format: "png", "jpeg" or "webp".
         safety_tolerance: 0 (strictest) .. 5 (most permissive); see safety.py.
         loras: up to 3 LoraSpec (or mappings with path, scale, weight_name), applied in order.
+        mask: inpainting: a grayscale mask the size of images[0] (white repaints, black keeps); the other
+            images are references. The output has images[0]'s size.
+        strength: inpainting: 0..1, how much of the masked area is repainted (1: all of it).
     """
 
     prompt: str
@@ -92,6 +97,8 @@ class GenerationRequest:
     output_format: str = DEFAULT_OUTPUT_FORMAT
     safety_tolerance: int = DEFAULT_SAFETY_TOLERANCE
     loras: tuple[LoraSpec, ...] = ()
+    mask: Image.Image | None = None
+    strength: float = float(STRENGTH.default)
     limits: Limits = field(default=Limits(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,13 +111,16 @@ class GenerationRequest:
         self._check_sampling()
         self._check_safety_tolerance()
         object.__setattr__(self, "loras", check_loras(self.loras))
+        self._check_inpaint()
 
     @property
     def workflow(self) -> Workflow:
-        return Workflow.for_image_count(len(self.images))
+        return Workflow.INPAINT if self.mask is not None else Workflow.for_image_count(len(self.images))
 
     def output_size(self) -> tuple[int, int]:
         """(width, height) of the image to generate."""
+        if self.mask is not None:
+            return self.images[0].size
         if self.width is not None and self.height is not None:
             return self.width, self.height
         if self.aspect_ratio == presets.MATCH_INPUT:
@@ -180,6 +190,25 @@ class GenerationRequest:
                                  f"got {value!r}")
         if not SAFETY_TOLERANCE.minimum <= value <= SAFETY_TOLERANCE.maximum:
             raise InvalidRequest("safety_tolerance", f"{value} is out of range {SAFETY_TOLERANCE.range_text()}")
+
+
+    def _check_inpaint(self) -> None:
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                or not math.isfinite(self.strength):
+            raise InvalidRequest("strength", f"must be a number {STRENGTH.range_text()}, got {self.strength!r}")
+        if not STRENGTH.minimum <= self.strength <= STRENGTH.maximum:
+            raise InvalidRequest("strength", f"{self.strength:g} is out of range {STRENGTH.range_text()}")
+        if self.mask is None:
+            return
+        if not isinstance(self.mask, Image.Image) or self.mask.mode != "L":
+            raise InvalidRequest("mask", "must be a decoded grayscale image (images.load_reference(..., mask=True))")
+        if not self.images:
+            raise InvalidRequest("image", "inpainting needs the image to paint on, as well as the mask")
+        if self.mask.size != self.images[0].size:
+            raise InvalidRequest("mask", f"is {self.mask.width}x{self.mask.height}; it must be the image's size, "
+                                 f"{self.images[0].width}x{self.images[0].height}")
+        if self.mask.getextrema()[1] == 0:
+            raise InvalidRequest("mask", "is all black: nothing to repaint; paint the area to change in white")
 
 
 def check_loras(loras: object) -> tuple[LoraSpec, ...]:

@@ -27,6 +27,7 @@ from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
 from .adapters import adapters_for
+from .inpaint import generation_size
 from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .loras import LoraLibrary
 from .pipeline import LoadedModel, SpeedUps, first_line, load_model
@@ -203,8 +204,8 @@ class Engine:
             "prompt": request.prompt,
             "seed": job.seed,
             "model": self.model.spec.name,
-            "width": job.width,
-            "height": job.height,
+            "width": image.width,
+            "height": image.height,
             "steps": job.steps,
             "guidance": job.guidance,
             "workflow": request.workflow.value,
@@ -216,6 +217,8 @@ class Engine:
         }
         if job.loras:
             meta["loras"] = [lora.record() for lora in job.loras]
+        if job.mask is not None:  # the mask itself is not embedded: "Load settings" cannot bring it back
+            meta.update(strength=job.strength, references=len(request.images) - 1)
         data = encode_image(image, request.output_format, meta)
         path = None
         if keep_file:
@@ -268,6 +271,8 @@ class Engine:
 
     def _job_for(self, request: GenerationRequest) -> Job:
         width, height = request.output_size()
+        if request.mask is not None:
+            width, height = generation_size((width, height))
         spec = self.model.spec
         guidance = float(request.guidance if request.guidance is not None else spec.guidance)
         job = Job(
@@ -282,7 +287,12 @@ class Engine:
             model_scale=self._model_scale,
             cfg=not spec.distilled and guidance > 1.0,
             loras=self.loras.resolve(request.loras),  # found (downloaded once) here, before the lane
+            mask=request.mask,
+            strength=float(request.strength),
         )
+        if job.denoising_steps < 1:
+            raise InvalidRequest("strength", f"{job.strength:g} with {job.steps} steps leaves no step to run; "
+                                 f"raise it to at least {1 / job.steps:g} or raise the steps")
         if on_zero_gpu():
             check_gpu_time(job)
         return job

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..errors import InvalidRequest
 from .adapters import adapters_for, text_encoder_adapters
+from .inpaint import composite, inpaint_steps, run_inpaint
 from .loras import ActiveLora
 from .pipeline import LoadedModel, cached_model
 from .prompt_cache import prompt_key
@@ -38,6 +39,13 @@ class Job:
     model_scale: float = 1.0  # the transformer's size relative to the 4B model's, for ZeroGPU durations
     cfg: bool = False  # classifier-free guidance: a base model with guidance > 1, two transformer calls a step
     loras: tuple[ActiveLora, ...] = ()  # applied inside the lane, so no other job's adapters are active
+    mask: Image.Image | None = None  # inpainting: images[0] is painted where the mask is white
+    strength: float = 1.0
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline runs: all of them, or for inpainting the part that strength asks for."""
+        return self.steps if self.mask is None else inpaint_steps(self.steps, self.strength)
 
 
 GPU_SECONDS_CAP = 120  # ZeroGPU refuses longer reservations for most accounts
@@ -52,7 +60,7 @@ def estimated_gpu_seconds(job: Job) -> float:
     covers text encoding and the VAE.
     """
     megapixels = job.width * job.height / 1e6
-    work = job.steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale * (2 if job.cfg else 1)
+    work = job.denoising_steps * megapixels * (1 + 0.5 * len(job.images)) * job.model_scale * (2 if job.cfg else 1)
     return 10 + 1.5 * work
 
 
@@ -100,28 +108,35 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
 
     def on_step_end(_pipe, step: int, _timestep, callback_kwargs: dict) -> dict:
         if progress is not None:
-            progress(step + 1, job.steps)
+            progress(step + 1, job.denoising_steps)
         return callback_kwargs
 
     t0 = time.perf_counter()
-    latents = pipe(
-        image=list(job.images) or None,
-        prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_embeds,
-        height=job.height,
-        width=job.width,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance,
-        generator=generator,
-        output_type="latent",
-        callback_on_step_end=on_step_end,
-    ).images
+    if job.mask is not None:
+        latents = run_inpaint(model, job, prompt_embeds, negative_embeds, generator, on_step_end)
+    else:
+        latents = pipe(
+            image=list(job.images) or None,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            height=job.height,
+            width=job.width,
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance,
+            generator=generator,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+        ).images
     timings["denoise"] = ms_since(t0, model.device)
 
     t0 = time.perf_counter()
     decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
     image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
     timings["vae_decode"] = ms_since(t0, model.device)
+    if job.mask is not None:
+        t0 = time.perf_counter()
+        image = composite(job.images[0], image, job.mask)
+        timings["composite"] = ms_since(t0)
     return image, timings
 
 
