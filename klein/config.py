@@ -117,10 +117,10 @@ class Settings:
             cache_dir=Path(args.cache_dir),
             output_dir=Path(args.output_dir) if args.output_dir else None,
             prompt_cache_mb=args.prompt_cache_mb,
-            compile=args.compile,
-            fuse_qkv=args.fuse_qkv,
             lora_dir=Path(args.lora_dir),
             max_loras_cached=args.max_loras_cached,
+            compile=args.compile,
+            fuse_qkv=args.fuse_qkv,
             attention_backend=args.attention_backend,
             offload=args.offload,
             vae_tiling=args.vae_tiling,
@@ -132,13 +132,13 @@ class Settings:
         )
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "klein-studio"
-
 def default_lora_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "loras"  # beside app.py
 
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "klein-studio"
 
 
 def env_text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
