@@ -1,7 +1,8 @@
 """The three workflow endpoints (text_to_image, edit, multi_reference), generated from one description.
 
-Gradio reads an event function's signature for the API's parameter names and defaults, and its
-docstring's Args for the API page and the MCP tool descriptions. Each endpoint's signature and
+Gradio reads an event function's signature for the API's parameter names, and its docstring's Args
+for the API page and the MCP tool descriptions; the defaults API and MCP callers get are the
+signature's too (with_signature_defaults), not the page controls' initial values. Each endpoint's signature and
 docstring are built here from ENDPOINTS and SETTING_NAMES with the descriptions of the parameter table
 (presets.PARAMETERS), so adding a parameter is one change, and the controls feeding it (TabControls)
 follow the same names.
