@@ -62,7 +62,8 @@ class LoraSpec:
 
     def to_dict(self) -> dict:
         """The JSON shape (REST's `{"path", "scale"}`, the image metadata's), weight_name only when set."""
-        return {"path": self.path, "scale": self.scale} | ({"weight_name": self.weight_name} if self.weight_name else {})
+        named = {"weight_name": self.weight_name} if self.weight_name else {}
+        return {"path": self.path, "scale": self.scale} | named
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class GenerationRequest:
         mask: inpainting: a grayscale mask the size of images[0] (white repaints, black keeps); the other
             images are references. The output has images[0]'s size.
         strength: inpainting: 0..1, how much of the masked area is repainted (1: all of it).
+        enhance_prompt: rewrite the prompt with the model's text encoder first (generation/enhance.py).
     """
 
     prompt: str
@@ -99,6 +101,7 @@ class GenerationRequest:
     loras: tuple[LoraSpec, ...] = ()
     mask: Image.Image | None = None
     strength: float = float(STRENGTH.default)
+    enhance_prompt: bool = False
     limits: Limits = field(default=Limits(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class GenerationRequest:
         self._check_safety_tolerance()
         object.__setattr__(self, "loras", check_loras(self.loras))
         self._check_inpaint()
+        if not isinstance(self.enhance_prompt, bool):
+            raise InvalidRequest("enhance_prompt", f"must be true or false, got {self.enhance_prompt!r}")
 
     @property
     def workflow(self) -> Workflow:

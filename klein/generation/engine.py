@@ -10,6 +10,7 @@ from __future__ import annotations
 import spaces  # noqa: F401 - on ZeroGPU Spaces it must be imported before torch touches CUDA
 # isort: on
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
 from .adapters import adapters_for
+from .enhance import MAX_NEW_TOKENS, enhance_prompt
 from .inpaint import generation_size
 from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .loras import LoraLibrary
@@ -57,6 +59,7 @@ class GenerationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     loras: list[dict] = field(default_factory=list)  # [{"path", "scale"}]: the LoRAs applied (scale 0 left out)
     worker: str | None = None  # the Ray Serve worker that made it (docs/workers.md); None in one process
+    enhanced_prompt: str | None = None  # the rewrite generated from, when enhance_prompt was asked for
 
     @property
     def mime_type(self) -> str:
@@ -76,6 +79,7 @@ class GenerationResult:
             "timings_ms": self.timings_ms,
             **({"loras": self.loras} if self.loras else {}),
             **({"worker": self.worker} if self.worker else {}),
+            **({"enhanced_prompt": self.enhanced_prompt} if self.enhanced_prompt is not None else {}),
         }
 
 
@@ -90,6 +94,7 @@ class Engine:
         self.moderator = moderator if moderator is not None else Moderator(
             self.settings.max_safety_tolerance, self.settings.image_moderation)
         self.outputs = OutputFolder(self.settings.output_dir)
+        self.enhance_max_tokens = MAX_NEW_TOKENS
         self._lane = threading.Lock()
         self.loras = LoraLibrary(self.settings.lora_dir)  # what requests may name; adapters load inside the lane
         adapters_for(model.pipe).max_loaded = self.settings.max_loras_cached
@@ -191,7 +196,10 @@ class Engine:
             raise GenerationTimeout("Waited for the GPU longer than the time limit; try again later.")
         try:
             stop()  # cancelled while waiting, or the deadline passed just now
+            job, enhance_ms = self._enhance(job, request, tolerance)
             image, timings = self._run(job, _StepHook(progress, stop))
+            if request.enhance_prompt:
+                timings = {"enhance_prompt": enhance_ms, **timings}
         finally:
             self._lane.release()
         # 5. Content moderation
@@ -217,6 +225,8 @@ class Engine:
         }
         if job.loras:
             meta["loras"] = [lora.record() for lora in job.loras]
+        if request.enhance_prompt:  # the prompt asked for stays "prompt"; the rewrite generated from beside it
+            meta.update(enhance_prompt=True, enhanced_prompt=job.prompt)
         if job.mask is not None:  # the mask itself is not embedded: "Load settings" cannot bring it back
             meta.update(strength=job.strength, references=len(request.images) - 1)
         data = encode_image(image, request.output_format, meta)
@@ -239,6 +249,7 @@ class Engine:
             output_format=request.output_format,
             timings_ms=timings,
             loras=[lora.record() for lora in job.loras],
+            enhanced_prompt=job.prompt if request.enhance_prompt else None,
         )
 
     def check_request(self, request: GenerationRequest) -> int:
@@ -268,6 +279,17 @@ class Engine:
                 f"is {tokens} tokens long; {self.model.spec.name} reads at most {self.prompt_token_limit} tokens "
                 f"of prompt ({len(prompt)} characters given). Shorten it.",
             )
+
+    def _enhance(self, job: Job, request: GenerationRequest, tolerance: int) -> tuple[Job, float]:
+        """The job with its prompt rewritten by the text encoder, when asked; the rewrite is moderated
+        like any prompt. Runs in the lane: it uses the model."""
+        if not request.enhance_prompt:
+            return job, 0.0
+        t0 = time.perf_counter()
+        editing = request.workflow is not Workflow.TEXT_TO_IMAGE
+        rewrite = enhance_prompt(self.model.key, request.prompt, job.seed, editing, self.enhance_max_tokens)
+        self.moderator.check_prompt(rewrite, tolerance)
+        return dataclasses.replace(job, prompt=rewrite), ms_since(t0, self.model.device)
 
     def _job_for(self, request: GenerationRequest) -> Job:
         width, height = request.output_size()
