@@ -67,6 +67,21 @@ def save_kohya(state: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+def save_ai_toolkit(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """The same adapter as ai-toolkit (and fal's trainer) write it: BFL block names under `diffusion_model.`,
+    q, k and v as one LoRA on the fused qkv projection (A shared, B stacked: block-diagonal here)."""
+    prefix = "transformer_blocks.0.attn."
+    down = [state[f"{prefix}{n}.lora_A.weight"] for n in ("to_q", "to_k", "to_v")]
+    up = [torch.cat([state[f"{prefix}{n}.lora_B.weight"] if j == i else torch.zeros(32, RANK) for j in range(3)], 1)
+          for i, n in enumerate(("to_q", "to_k", "to_v"))]
+    block = "diffusion_model.double_blocks.0.img_attn."
+    tensors = {f"{block}qkv.lora_A.weight": torch.cat(down), f"{block}qkv.lora_B.weight": torch.cat(up),
+               f"{block}proj.lora_A.weight": state[f"{prefix}to_out.0.lora_A.weight"],
+               f"{block}proj.lora_B.weight": state[f"{prefix}to_out.0.lora_B.weight"]}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
 def save_lokr(path: Path) -> Path:
     """A LyCORIS LoKr file for the same layers (Kronecker factors instead of A/B)."""
     save_file({"lycoris_transformer_blocks_0_attn_to_q.lokr_w1": torch.randn(4, 4),

@@ -6,8 +6,8 @@ is diffusers' `set_adapters` (no reload); a job without LoRAs disables them, so 
 exactly what the base model computes. Past `max_loaded` adapters the least recently used is deleted
 (never one the job itself needs: a cap below a job's own count is exceeded until the next job).
 
-The state lives beside the pipeline it changes (`adapters_for`), so a ZeroGPU worker (a fork that gets
-the job pickled) keeps its own consistent copy, as it keeps its own transformer.
+The state lives beside the transformer it changes (`adapters_for`), so a ZeroGPU worker (a fork that
+gets the job pickled) keeps its own consistent copy, as it keeps its own transformer.
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ _registry: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def adapters_for(pipe) -> LoadedAdapters:
-    """The adapter state of `pipe` (one per pipeline object, created on first use)."""
-    state = _registry.get(pipe)
+    """The adapter state of `pipe`'s transformer, created on first use: one per transformer, since the
+    adapters live there and pipelines made from the loaded one (inpainting) share it."""
+    state = _registry.get(pipe.transformer)
     if state is None:
-        state = _registry[pipe] = LoadedAdapters()
+        state = _registry[pipe.transformer] = LoadedAdapters()
     return state

@@ -95,8 +95,9 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
     generator = torch.Generator(device="cpu").manual_seed(job.seed)
 
     t0 = time.perf_counter()
-    adapters_for(pipe).apply(pipe, job.loras)
-    if job.loras:
+    adapters = adapters_for(pipe)
+    adapters.apply(pipe, job.loras)
+    if job.loras or len(adapters):  # making the job's adapters active, or turning loaded ones off
         timings["lora"] = ms_since(t0, model.device)
 
     t0 = time.perf_counter()

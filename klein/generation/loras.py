@@ -175,8 +175,8 @@ class LoraLibrary:
                 self._hub_files[key] = known
         file = Path(known)
         label = repo if weight_name is None else f"{repo}/{weight_name}"
-        if revision != "main":
-            label = f"https://huggingface.co/{repo}/resolve/{revision}/{file.name if weight_name is None else weight_name}"
+        if revision != "main":  # only a URL names another revision
+            label = f"https://huggingface.co/{repo}/resolve/{revision}/{weight_name or file.name}"
         return file, label
 
     def _choices(self) -> str:

@@ -51,8 +51,8 @@ class LoraBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="A .safetensors file or folder in the server's LoRA folder (by its path there, "
-                      "with or without .safetensors), a Hugging Face hub id (owner/name or owner/name/file.safetensors) "
-                      "or a huggingface.co file URL.")
+                      "with or without .safetensors), a Hugging Face hub id (owner/name or "
+                      "owner/name/file.safetensors) or a huggingface.co file URL.")
     scale: float = Field(float(LORA_SCALE.default), description=LORA_SCALE.doc, strict=True)
     weight_name: str | None = Field(None, description="Which .safetensors file of a hub repository or folder "
                                     "holding several.")
