@@ -8,6 +8,7 @@ or, for tests, by `RestApi.create_app()`.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
@@ -29,7 +31,7 @@ from ..errors import InvalidRequest, KleinError, QueueFull
 from ..images import load_reference
 from ..request import GenerationRequest, check_reference_count
 from .auth import key_dependency
-from .bodies import validation_detail
+from .bodies import Uploads, validation_detail
 from .gate import KeyGate
 from .remote import UrlPolicy, reference_bytes
 from .routes import TITLE, add_routes, error_responses, image_url
@@ -137,24 +139,26 @@ class RestApi:
         finally:
             self._sync_slots.release()
 
-    def generate_sync(self, body: GenerateBody, uploads: list[bytes], output_format: str,
+    def generate_sync(self, body: GenerateBody, uploads: Uploads, output_format: str,
                       cancel: threading.Event | None = None):
-        """Validate, decode the references and run the engine (in a worker thread); `cancel` stops it
-        between denoising steps."""
+        """Validate, decode the references and the mask and run the engine (in a worker thread); `cancel`
+        stops it between denoising steps."""
         self._check_model(body.model)
         limits = self.engine.limits
-        if uploads:
-            images = [load_reference(data, f"images[{i}]", limits) for i, data in enumerate(uploads)]
+        if uploads.images:
+            named = [(f"images[{i}]", data) for i, data in enumerate(uploads.images)]
         else:
             field, refs = ("images", body.images) if body.images else ("image_uris", body.image_uris or [])
             check_reference_count(len(refs), field)
-            images = [load_reference(self._reference(v, f"{field}[{i}]"), f"{field}[{i}]", limits)
-                      for i, v in enumerate(refs)]
+            named = [(f"{field}[{i}]", self._reference(v, f"{field}[{i}]")) for i, v in enumerate(refs)]
+        images = [load_reference(data, name, limits) for name, data in named]
+        mask = uploads.mask if uploads.mask is not None else body.mask
         request = GenerationRequest(
             prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
             safety_tolerance=body.safety_tolerance, loras=[lora.model_dump() for lora in body.loras or ()],
-            limits=limits)
+            mask=self._mask(mask, named[0][1] if named else None, "images")[1], strength=body.strength,
+            enhance_prompt=body.prompt_upsampling, limits=limits)
         result = self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
                                       cancel=cancel, keep_file=False)
         self.work.add(work_seconds(result.timings_ms))
@@ -162,6 +166,23 @@ class RestApi:
 
     def _reference(self, value: str, field: str) -> bytes:
         return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)
+
+    def _mask(self, source: str | bytes | None, image: bytes | None,
+              image_field: str) -> tuple[bytes | None, Image.Image | None]:
+        """The mask's bytes and image (None, None without one), checked against the image painted on (`image`,
+        as sent): a mask without that image names `image_field`, one of another size names `mask`."""
+        if source is None:
+            return None, None
+        if image is None:
+            raise InvalidRequest(image_field, "inpainting needs the image to paint on as well as the mask; send it "
+                                 f"as the first of {image_field}")
+        data = source if isinstance(source, bytes) else self._reference(source, "mask")
+        mask = load_reference(data, "mask", self.engine.limits, mask=True)
+        mask_size, image_size = _sent_size(data), _sent_size(image)
+        if mask_size != image_size:
+            raise InvalidRequest("mask", f"is {mask_size[0]}x{mask_size[1]}; it must be the image's size, "
+                                 f"{image_size[0]}x{image_size[1]}")
+        return data, mask
 
     def _check_model(self, name: str | None) -> None:
         loaded = self.engine.model.spec.name
@@ -181,14 +202,17 @@ class RestApi:
         named = [(name, getattr(body, name)) for name in INPUT_FIELDS if getattr(body, name)]
         inputs = [self._reference(value, name) for name, value in named]
         images = [load_reference(data, name, limits) for (name, _), data in zip(named, inputs)]
+        painted = inputs[0] if body.input_image else None  # inpainting paints on input_image itself
+        mask_data, mask = self._mask(body.mask, painted, "input_image")
         params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",
-                                          "safety_tolerance", "width", "height", "loras"})
-        request = GenerationRequest(images=tuple(images), limits=limits, **params)
+                                          "safety_tolerance", "width", "height", "loras", "strength"})
+        params["enhance_prompt"] = body.prompt_upsampling
+        request = GenerationRequest(images=tuple(images), mask=mask, limits=limits, **params)
         self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored
         params["output_format"] = request.output_format
         if body.webhook_url is not None:  # "" too: a webhook asked for and unusable is refused, not dropped
             self.webhooks.check(body.webhook_url)
-        task = self.tasks.submit(owner, params, inputs, body.webhook_url, base_url)
+        task = self.tasks.submit(owner, params, inputs, body.webhook_url, base_url, mask=mask_data)
         return {"data": task.public(base_url, image_url)}
 
     def task(self, owner: str, task_id: str):
@@ -196,6 +220,15 @@ class RestApi:
         if task is None:
             raise HTTPException(404, f"task {task_id!r} not found (unknown, expired, or another key's)")
         return task
+
+
+def _sent_size(data: bytes) -> tuple[int, int]:
+    """An image's size as its sender sees it (upright, before any shrinking), from its header; the data has been
+    decoded once already, so it opens."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+    return (height, width) if turned else (width, height)
 
 
 DESCRIPTION = """\

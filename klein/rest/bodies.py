@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -21,17 +22,35 @@ from ..errors import InvalidRequest
 from ..presets import MAX_REFERENCES
 from ..request import check_reference_count
 from .remote import redact_url
-from .schemas import IGNORED_FIELDS, INTEGER_FIELDS, base64_image_limit, form_body_limit, json_body_limit
+from .schemas import (
+    BOOLEAN_FIELDS,
+    IGNORED_FIELDS,
+    INTEGER_FIELDS,
+    NUMBER_FIELDS,
+    base64_image_limit,
+    form_body_limit,
+    json_body_limit,
+)
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_DEPTH = 8  # our bodies nest two deep (an object of lists of strings); deeper is never a request
 SURROGATE = re.compile("[\ud800-\udfff]")
 DIGITS = re.compile(r"-?[0-9]{1,20}")
+NUMBER = re.compile(r"[-+]?([0-9]{1,40}\.?[0-9]{0,40}|\.[0-9]{1,40})([eE][-+]?[0-9]{1,3})?")
+BOOLEANS = {"true": True, "false": False}
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """The files of a multipart form: the reference images in order, and the inpainting mask."""
+
+    images: list[bytes] = field(default_factory=list)
+    mask: bytes | None = None
 
 
 async def read_body(request: Request, model: type[BaseModel], limits: Limits,
-                    forms: bool = False) -> tuple[Any, list[bytes]]:
-    """The body as `model` and the uploaded files' bytes (in order; forms only, when `forms`)."""
+                    forms: bool = False) -> tuple[Any, Uploads]:
+    """The body as `model` and the uploaded files (forms only, when `forms`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if not is_json and not (forms and content_type in FORM_TYPES):
@@ -39,7 +58,7 @@ async def read_body(request: Request, model: type[BaseModel], limits: Limits,
         raise HTTPException(415, f"Content-Type must be {accepted}.")
     try:
         if is_json:
-            data, uploads = await _read_json(_limited(request, json_body_limit(limits))), []
+            data, uploads = await _read_json(_limited(request, json_body_limit(limits))), Uploads()
         else:
             data, uploads = await _read_form(_limited(request, form_body_limit(limits)), limits)
     except RecursionError:
@@ -51,7 +70,7 @@ async def read_body(request: Request, model: type[BaseModel], limits: Limits,
             raise _unreadable_form(str(exc.detail)) from None
         raise
     check_values(data)
-    return parse_model(model, _whole_numbers(data, form=not is_json)), uploads
+    return parse_model(model, _typed_values(data, form=not is_json)), uploads
 
 
 def _unreadable_form(reason: str) -> HTTPException:
@@ -87,13 +106,17 @@ async def _read_json(request: Request) -> dict:
     return data
 
 
-async def _read_form(request: Request, limits: Limits) -> tuple[dict, list[bytes]]:
+async def _read_form(request: Request, limits: Limits) -> tuple[dict, Uploads]:
     per_image = base64_image_limit(limits)  # a base64 data URI in a text field
     form = await request.form(max_files=64, max_fields=64, max_part_size=per_image * MAX_REFERENCES)
     try:
         files = [v for v in form.getlist("images") if not isinstance(v, str)]
         check_reference_count(len(files), "images")
         uploads = [await _read_upload(f, f"images[{i}]", limits) for i, f in enumerate(files)]
+        masks = [v for v in form.getlist("mask") if not isinstance(v, str) or v]
+        if len(masks) > 1:
+            raise InvalidRequest("mask", f"{len(masks)} masks given; send one")
+        mask = await _read_upload(masks[0], "mask", limits) if masks and not isinstance(masks[0], str) else None
         fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str) and v != "" and k != "images"}
         texts = [v for v in form.getlist("images") if isinstance(v, str) and v]
         if texts:
@@ -102,7 +125,7 @@ async def _read_form(request: Request, limits: Limits) -> tuple[dict, list[bytes
             fields["image_uris"] = _uri_list(form.getlist("image_uris"))
         if "loras" in fields:
             fields["loras"] = _json_field(fields["loras"], "loras", 'a JSON array of {"path", "scale"}')
-        return fields, uploads
+        return fields, Uploads(uploads, mask)
     finally:
         await form.close()
 
@@ -115,10 +138,15 @@ def _json_field(text: str, field: str, what: str) -> Any:
         raise InvalidRequest(field, f"is not valid JSON; send {what}") from None
 
 
-def _whole_numbers(data: dict[str, Any], form: bool) -> dict[str, Any]:
+def _typed_values(data: dict[str, Any], form: bool) -> dict[str, Any]:
     """Integer fields as integers where JSON Schema says they are: 5.0 in JSON, "5" in a form (whose values
-    are text). Anything else (true, 5.5, "five", "5" in JSON) stays, for validation to refuse and name."""
-    return {k: _whole_number(v, form) if k in INTEGER_FIELDS else v for k, v in data.items()}
+    are text); in a form also "0.5" as a number and "true"/"false" as booleans. Anything else (true, 5.5,
+    "five", "5" in JSON) stays, for validation to refuse and name."""
+    typed = {k: _whole_number(v, form) if k in INTEGER_FIELDS else v for k, v in data.items()}
+    if form:
+        typed |= {k: float(v) for k, v in typed.items() if k in NUMBER_FIELDS and NUMBER.fullmatch(v)}
+        typed |= {k: BOOLEANS[v.lower()] for k, v in typed.items() if k in BOOLEAN_FIELDS and v.lower() in BOOLEANS}
+    return typed
 
 
 def _whole_number(value: Any, form: bool) -> Any:

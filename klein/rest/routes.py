@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -58,6 +59,13 @@ ERROR_TEXT = {
     503: "Too many requests waiting; see Retry-After",
     504: "Generation took longer than the time limit",
 }
+RAW_HEADERS = {  # the answer's headers when it is the image itself (Accept: image/...)
+    "X-Klein-Seed": {"description": "The seed used.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    "X-Klein-Workflow": {"description": "text_to_image, edit, multi_reference or inpaint.",
+                         "schema": {"type": "string"}},
+    "X-Klein-Enhanced-Prompt": {"description": "With prompt_upsampling: the rewritten prompt, UTF-8 percent-encoded "
+                                "(decodeURIComponent, urllib.parse.unquote).", "schema": {"type": "string"}},
+}
 ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "Seconds until the backlog is likely to have room: the measured time of "
@@ -82,14 +90,15 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
 
     @router.post("/v1/generate", response_model=GenerateResponse, tags=["sync"],
                  openapi_extra=generate_body_openapi(api.engine.model.spec.name),
-                 responses={200: {"content": {t: {} for t in RAW_TYPES}},
+                 responses={200: {"content": {t: {} for t in RAW_TYPES}, "headers": RAW_HEADERS},
                             **error_responses(400, 406, 413, 415, 422, 503, 504)})
     async def generate(request: Request, owner: str = Depends(require_key)) -> Response:
         """Generate one image and answer with it.
 
         The body is JSON or a multipart form (`images` as uploaded files). The workflow follows the
-        number of reference images: 0 text-to-image, 1 edit, 2..4 multi-reference. The answer is JSON
-        with the image in base64, or the image itself with `Accept: image/png` or `image/jpeg`.
+        number of reference images: 0 text-to-image, 1 edit, 2..4 multi-reference; with a `mask`, inpainting
+        of the first image. The answer is JSON with the image in base64, or the image itself with
+        `Accept: image/png` or `image/jpeg` (the seed, workflow and any enhanced prompt in X-Klein-* headers).
         """
         body, uploads = await read_body(request, GenerateBody, api.engine.limits, forms=True)
         raw = _raw_format(request.headers.get("accept"))
@@ -99,13 +108,15 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
         with api.sync_slot():
             result = await until_disconnected(request, api.generate_sync, body, uploads, fmt)
         if raw:
-            return Response(result.data, media_type=result.mime_type,
-                            headers={"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value})
+            headers = {"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value}
+            if result.enhanced_prompt is not None:  # a header carries Latin-1 text only: percent-encoded UTF-8
+                headers["X-Klein-Enhanced-Prompt"] = quote(result.enhanced_prompt, safe="")
+            return Response(result.data, media_type=result.mime_type, headers=headers)
         return JSONResponse(GenerateResponse(
             image=base64.b64encode(result.data).decode(), mime_type=result.mime_type, seed=result.seed,
             width=result.width, height=result.height, model=result.model, workflow=result.workflow.value,
             output_format=result.output_format, timings_ms=result.timings_ms,
-            loras=result.loras or None).model_dump(exclude_none=True))
+            loras=result.loras or None, enhanced_prompt=result.enhanced_prompt).model_dump(exclude_none=True))
 
     @router.post(TASKS, response_model=TaskEnvelope, response_model_exclude_none=True, tags=["tasks"],
                  openapi_extra=task_body_openapi(), responses=error_responses(413, 415, 422, 503))
@@ -113,7 +124,8 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
         """Queue a generation and answer at once with its task id (status CREATED).
 
         Up to four input images (base64, data URIs or http(s) URLs) choose the workflow as for
-        /v1/generate. Poll the task, or give `webhook_url` to be told of each status change.
+        /v1/generate; with a `mask`, input_image is inpainted. Poll the task, or give `webhook_url` to be
+        told of each status change.
         """
         # Read here, after the key is checked: a declared body parameter is parsed before auth.
         body, _ = await read_body(request, TaskCreate, api.engine.limits)

@@ -31,16 +31,19 @@ from ..presets import (
     PARAMETERS,
     RESOLUTIONS,
     SIZE_MULTIPLE,
+    STRENGTH,
 )
 
 V1_NAMES, V2_NAMES = ", ".join(ASPECT_PRESETS_V1), ", ".join(ASPECT_PRESETS_V2)
 INPUT_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 INTEGER_FIELDS = ("seed", "safety_tolerance", "width", "height")
+NUMBER_FIELDS = ("strength",)  # a form's text is read as a number for these (JSON's numbers are numbers)
+BOOLEAN_FIELDS = ("prompt_upsampling",)  # and as true/false for these
 FORMAT_NAMES = (*OUTPUT_FORMATS, "jpg")  # GenerationRequest reads "jpg" as "jpeg"
 # Fields the hosted APIs take that this server accepts and ignores (any other unknown field is a 422
 # naming it). None today: each candidate either has a meaning here or is better refused than ignored:
-# `prompt_upsampling` will become a real field; `webhook_secret` would sign with the client's secret,
-# and ignoring it would make every signature check fail on the client's side, silently.
+# `webhook_secret` would sign with the client's secret, and ignoring it would make every signature check
+# fail on the client's side, silently.
 IGNORED_FIELDS: frozenset[str] = frozenset()
 STRICT_INT = {"strict": True}
 
@@ -60,6 +63,12 @@ class LoraBody(BaseModel):
 
 LORAS_FIELD = Field(None, description=LORAS.doc + " A Klein Studio extension in fal's shape: "
                     '[{"path": "...", "scale": 1.0}]. Unknown or unreadable: a 422 naming loras[i].path.')
+MASK_DOC = ("Inpainting (a Klein Studio extension): a grayscale mask the size of the image painted on; white "
+            "repaints, black keeps, transparent keeps; all white repaints the whole image.")
+STRENGTH_FIELD = Field(float(STRENGTH.default), description=STRENGTH.doc + " Used only with a mask.", strict=True)
+UPSAMPLING_FIELD = Field(False, strict=True, description="Rewrite the prompt with the model's own text encoder "
+                         "first (BFL's field name); the rewrite is moderated, generated from and returned as "
+                         "enhanced_prompt.")
 
 
 class GenerateBody(BaseModel):
@@ -84,6 +93,11 @@ class GenerateBody(BaseModel):
     loras: list[LoraBody] | None = LORAS_FIELD
     width: int | None = Field(None, description=PARAMETERS["width"].doc, **STRICT_INT)
     height: int | None = Field(None, description=PARAMETERS["height"].doc, **STRICT_INT)
+    mask: str | None = Field(None, description=MASK_DOC + " Base64, a data URI or an http(s) URL (JSON); an "
+                             "uploaded file in a form. The image painted on is the first of images / image_uris; "
+                             "the others are references. The output has that image's size.")
+    strength: float = STRENGTH_FIELD
+    prompt_upsampling: bool = UPSAMPLING_FIELD
 
 
 class GenerateResponse(BaseModel):
@@ -93,11 +107,14 @@ class GenerateResponse(BaseModel):
     width: int
     height: int
     model: str
-    workflow: str = Field(description="text_to_image, edit or multi_reference (from the number of images).")
+    workflow: str = Field(description="text_to_image, edit or multi_reference (from the number of images), or "
+                          "inpaint (with a mask).")
     output_format: str
     timings_ms: dict[str, float] = Field(description="Milliseconds per stage and in total.")
     loras: list[LoraBody] | None = Field(None, description="The LoRAs applied (those of scale 0 left out), each "
                                          "path as it can be named again; absent without LoRAs.")
+    enhanced_prompt: str | None = Field(None, description="The rewritten prompt generated from, with "
+                                        "prompt_upsampling; absent without it.")
 
 
 class TaskCreate(BaseModel):
@@ -120,6 +137,10 @@ class TaskCreate(BaseModel):
     width: int | None = Field(None, description="Klein Studio extension: custom width (with height), as /v1/generate.",
                               **STRICT_INT)
     height: int | None = Field(None, description="Klein Studio extension: custom height (with width).", **STRICT_INT)
+    mask: str | None = Field(None, description=MASK_DOC + " Base64, a data URI or an http(s) URL; input_image is "
+                             "the image painted on, input_image_2..4 references. The output has its size.")
+    strength: float = STRENGTH_FIELD
+    prompt_upsampling: bool = UPSAMPLING_FIELD
     webhook_url: str | None = Field(None, description="Gets a signed POST of the task on every status change.")
 
 
@@ -136,6 +157,7 @@ class TaskData(BaseModel):
     output_format: str | None = None
     timings_ms: dict[str, float] | None = None
     loras: list[LoraBody] | None = None
+    enhanced_prompt: str | None = None
     created_at: str
     updated_at: str
 
@@ -184,6 +206,9 @@ def field_rules() -> dict[str, dict[str, Any]]:
         "image_uris": references,
         "webhook_url": {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/?#@]+(/\S*)?$"},
         "loras": lora_rule(),
+        "mask": {"type": "string", "minLength": 1},
+        "strength": {"type": "number", "minimum": STRENGTH.minimum, "maximum": STRENGTH.maximum},
+        "prompt_upsampling": {"type": "boolean"},
     }
 
 
@@ -206,15 +231,25 @@ BOTH_OR_NEITHER = {"anyOf": [{"required": ["width", "height"], "properties": SIZ
 FORM_BOTH_OR_NEITHER = {"dependentRequired": {"width": ["height"], "height": ["width"]}}
 
 
+def needs_image(*fields: str) -> dict[str, Any]:
+    """In JSON, a mask (not null) needs the image it paints on: one of `fields` (a non-empty list or a string)."""
+    if not fields:
+        return {}
+    given = [{"required": [f], "properties": {f: {"type": ["array", "string"], "minItems": 1, "minLength": 1}}}
+             for f in fields]
+    mask = {"required": ["mask"], "properties": {"mask": {"type": "string"}}}
+    return {"if": mask, "then": given[0] if len(given) == 1 else {"anyOf": given}}
+
+
 def body_schema(model: type[BaseModel], overrides: dict[str, dict[str, Any]] | None = None,
-                form: bool = False) -> dict[str, Any]:
+                form: bool = False, image_fields: tuple[str, ...] = ()) -> dict[str, Any]:
     """The model's JSON schema with the value rules of `field_rules` (and `overrides`) on its fields; for
     a form, without null (a form field is text or absent)."""
     schema = model.model_json_schema()
     rules = field_rules() | (overrides or {})
     for name, prop in schema["properties"].items():
         _apply_rule(prop, rules.get(name, {}), form)
-    return schema | (FORM_BOTH_OR_NEITHER if form else BOTH_OR_NEITHER)
+    return schema | (FORM_BOTH_OR_NEITHER if form else BOTH_OR_NEITHER) | needs_image(*image_fields)
 
 
 def _apply_rule(prop: dict[str, Any], rule: dict[str, Any], form: bool) -> None:
@@ -235,12 +270,15 @@ def generate_body_openapi(model_name: str) -> dict[str, Any]:
     """The request body of /v1/generate for the OpenAPI page: JSON or a multipart form. `model_name` is
     the loaded model, the one name `model` may have."""
     model_rule = {"model": {"type": "string", "enum": [model_name]}}
-    json_schema = body_schema(GenerateBody, model_rule)
+    json_schema = body_schema(GenerateBody, model_rule, image_fields=("images", "image_uris"))
     form_schema = body_schema(GenerateBody, model_rule | {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_REFERENCES},
         "image_uris": {"type": "string", "description": "A JSON array of URLs / data URIs."},
-        "loras": {"type": "string", "description": 'A JSON array of {"path", "scale"}.'}}, form=True)
+        "loras": {"type": "string", "description": 'A JSON array of {"path", "scale"}.'},
+        "mask": {"type": "string", "format": "binary"}}, form=True)  # no needs_image: a condition on a form with a
+    # file breaks schemathesis' fuzzer (tests/test_rest_fuzz.py); a mask without an image is a 422 naming images
     form_schema["properties"]["images"]["description"] = "Reference image files (0..4)."
+    form_schema["properties"]["mask"]["description"] = "The inpainting mask file (white repaints, black keeps)."
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": json_schema},
         "multipart/form-data": {"schema": form_schema},
@@ -249,19 +287,21 @@ def generate_body_openapi(model_name: str) -> dict[str, Any]:
 
 def task_body_openapi() -> dict[str, Any]:
     """The request body of task creation for the OpenAPI page (the route reads it itself, after auth)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(TaskCreate)}}}}
+    schema = body_schema(TaskCreate, image_fields=("input_image",))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def base64_image_limit(limits: Limits) -> int:
-    """The most characters one reference image can take as base64 (a data URI header included)."""
+    """The most characters one reference image (or mask) can take as base64 (a data URI header included)."""
     return limits.max_image_bytes * 4 // 3 + 1024
 
 
 def json_body_limit(limits: Limits) -> int:
-    """The largest JSON body worth reading: every reference image as base64, plus room for the rest."""
-    return MAX_REFERENCES * base64_image_limit(limits) + 1024 * 1024
+    """The largest JSON body worth reading: every reference image and the mask as base64, plus room for the rest."""
+    return (MAX_REFERENCES + 1) * base64_image_limit(limits) + 1024 * 1024
 
 
 def form_body_limit(limits: Limits) -> int:
-    """The largest form worth reading: the JSON limit (text fields), plus every reference image as a file."""
-    return json_body_limit(limits) + MAX_REFERENCES * (limits.max_image_bytes + 64 * 1024)
+    """The largest form worth reading: the JSON limit (text fields), plus every reference image and the mask as
+    files."""
+    return json_body_limit(limits) + (MAX_REFERENCES + 1) * (limits.max_image_bytes + 64 * 1024)

@@ -1,4 +1,5 @@
-"""The task database: tasks and their input images in one SQLite file (WAL), shared between threads.
+"""The task database: tasks and their input images (and inpainting mask) in one SQLite file (WAL), shared
+between threads.
 
 Durability: a task is committed (with its input images) before its id is returned, so an accepted
 task survives a crash; synchronous=FULL makes that hold across a power cut too.
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS task_inputs (
     task_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task_id, idx)
 );
 """
+MASK_INDEX = -1  # the inpainting mask's row in task_inputs; the input images are 0, 1, ...
 COLUMNS = ("id", "owner", "status", "params", "webhook_url", "base_url", "error", "result", "attempts",
            "created_at", "updated_at", "finished_at")
 
@@ -93,12 +95,14 @@ class TaskStore:
         with self._lock:
             self._db.close()
 
-    def add(self, task: Task, inputs: list[bytes]) -> None:
+    def add(self, task: Task, inputs: list[bytes], mask: bytes | None = None) -> None:
+        """Store a task with its input images and mask, in one transaction."""
         row = _row(task)
+        rows = [(task.id, i, data) for i, data in enumerate(inputs)]
+        rows += [(task.id, MASK_INDEX, mask)] if mask is not None else []
         with self._lock, self._db:
             self._db.execute(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row)
-            self._db.executemany("INSERT INTO task_inputs VALUES (?, ?, ?)",
-                                 [(task.id, i, data) for i, data in enumerate(inputs)])
+            self._db.executemany("INSERT INTO task_inputs VALUES (?, ?, ?)", rows)
 
     def get(self, task_id: str) -> Task | None:
         rows = self._select("WHERE id = ?", (task_id,))
@@ -130,9 +134,18 @@ class TaskStore:
         return self.get(task_id)  # type: ignore[return-value]
 
     def inputs(self, task_id: str) -> list[bytes]:
+        """The task's input images, in order (not the mask)."""
         with self._lock:
-            rows = self._db.execute("SELECT data FROM task_inputs WHERE task_id = ? ORDER BY idx", (task_id,))
+            rows = self._db.execute("SELECT data FROM task_inputs WHERE task_id = ? AND idx >= 0 ORDER BY idx",
+                                    (task_id,))
             return [bytes(r[0]) for r in rows.fetchall()]
+
+    def mask(self, task_id: str) -> bytes | None:
+        """The task's inpainting mask, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT data FROM task_inputs WHERE task_id = ? AND idx = ?",
+                                   (task_id, MASK_INDEX)).fetchone()
+        return bytes(row[0]) if row else None
 
     def drop_inputs(self, task_id: str) -> None:
         with self._lock, self._db:

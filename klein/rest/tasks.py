@@ -101,8 +101,10 @@ class TaskService:
                 self._thread.join(CANCEL_WAIT)
         self._hand_back()  # still in a step (or waiting for the GPU): hand it back now, before the process ends
 
-    def submit(self, owner: str, params: dict, inputs: list[bytes], webhook_url: str | None, base_url: str) -> Task:
-        """Store a validated task; raises QueueFull (503) when the backlog is full."""
+    def submit(self, owner: str, params: dict, inputs: list[bytes], webhook_url: str | None, base_url: str,
+               mask: bytes | None = None) -> Task:
+        """Store a validated task (its input images and mask with it); raises QueueFull (503) when the backlog
+        is full."""
         now = time.time()
         task = Task(str(uuid.uuid4()), owner, CREATED, params, webhook_url, base_url, None, None, 0, now, now, None)
         with self._submit_lock:
@@ -113,7 +115,7 @@ class TaskService:
             if pending >= self.settings.task_backlog:
                 raise QueueFull(f"The task backlog is full ({pending} tasks waiting); try again later.",
                                 retry_after=self.task_seconds.seconds_for(pending))
-            self.store.add(task, inputs)
+            self.store.add(task, inputs, mask)
         self._notify(task)
         self._wake.set()
         return task
@@ -194,7 +196,9 @@ class TaskService:
     def _request_for(self, task: Task) -> GenerationRequest:
         limits = self.engine.limits
         images = [load_reference(data, INPUT_FIELDS[i], limits) for i, data in enumerate(self.store.inputs(task.id))]
-        return GenerationRequest(images=tuple(images), limits=limits, **task.params)
+        mask = self.store.mask(task.id)
+        mask_image = load_reference(mask, "mask", limits, mask=True) if mask is not None else None
+        return GenerationRequest(images=tuple(images), mask=mask_image, limits=limits, **task.params)
 
     def _finish(self, task: Task, status: str, **fields: Any) -> None:
         task = self.store.update(task.id, status=status, finished_at=time.time(), **fields)
