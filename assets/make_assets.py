@@ -70,8 +70,16 @@ def robot() -> Image.Image:
     return image
 
 
+def mountains_mask() -> Image.Image:
+    """An inpainting mask for mountains.jpg (its size): white over the sky left of the sun repaints it."""
+    image = Image.new("L", (768, 512), 0)
+    ImageDraw.Draw(image).ellipse([120, 30, 420, 170], fill=255)
+    return image
+
+
 def main() -> None:
     mountains().save(HERE / "mountains.jpg", quality=90)
+    mountains_mask().save(HERE / "mountains_mask.png")
     armchair().save(HERE / "armchair.png")
     mug().save(HERE / "mug.png")
     robot().save(HERE / "robot.png")

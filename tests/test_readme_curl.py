@@ -20,7 +20,8 @@ from PIL import Image
 
 README_URL = "http://127.0.0.1:7860"
 # What each -o file must be: the README promises these formats (and a size where it sets one).
-EXPECTED_FILES = {"lighthouse.png": ("PNG", (512, 512)), "combined.jpg": ("JPEG", None), "result.jpg": ("JPEG", None)}
+EXPECTED_FILES = {"lighthouse.png": ("PNG", (512, 512)), "combined.jpg": ("JPEG", None), "result.jpg": ("JPEG", None),
+                  "balloon.png": ("PNG", (768, 512))}
 
 
 def readme_examples() -> list[tuple[str, str | None]]:
@@ -79,7 +80,7 @@ def check_against_comment(output: str, comment: str) -> None:
 
 def test_the_readme_has_the_examples_this_test_runs():
     commands = [command for command, _ in readme_examples()]
-    assert len(commands) == 9 and all(README_URL in command for command in commands)
+    assert len(commands) == 11 and all(README_URL in command for command in commands)
 
 
 def test_every_curl_example_works_as_written(app):
