@@ -77,15 +77,29 @@ def app_log_path(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app-log") / "app.log"
 
 
+APP_LORA = "ink.safetensors"  # the adapter in the launched app's LoRA folder
+
+
 @pytest.fixture(scope="session")
-def app_url(cache_dir, app_output_dir, app_log_path):
-    """`python app.py --model tiny` launched as a user would, on a free port."""
+def app_lora_dir(tmp_path_factory, tiny_model) -> Path:
+    """The launched app's LoRA folder, holding one real adapter for the tiny transformer (APP_LORA)."""
+    from tests.conftest_loras import lora_state_dict, save_diffusers
+
+    folder = tmp_path_factory.mktemp("app-loras")
+    save_diffusers(lora_state_dict(tiny_model.source, seed=3), folder, APP_LORA)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_url(cache_dir, app_output_dir, app_log_path, app_lora_dir):
+    """`python app.py --model tiny` launched as a user would, on a free port, with a LoRA in its folder."""
     port = free_port()
     log_path = app_log_path
     env = {**os.environ, "KLEIN_CACHE_DIR": str(cache_dir), "KLEIN_OUTPUT_DIR": str(app_output_dir)}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port)],
+            [sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port),
+             "--lora-dir", str(app_lora_dir)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"

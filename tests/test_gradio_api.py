@@ -1,4 +1,4 @@
-"""The three endpoints through gradio_client against `python app.py --model tiny`."""
+"""The workflow endpoints through gradio_client against `python app.py --model tiny`."""
 
 import pytest
 from gradio_client import Client, handle_file
@@ -30,13 +30,15 @@ def gallery(paths):
     return [{"image": handle_file(p), "caption": None} for p in paths]
 
 
-def test_api_lists_the_three_named_endpoints(client):
+def test_api_lists_the_four_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/text_to_image", "/edit", "/multi_reference"}  # helper events are hidden
+    assert set(endpoints) == {"/text_to_image", "/edit", "/multi_reference", "/inpaint"}  # helper events are hidden
     names = [p["parameter_name"] for p in endpoints["/text_to_image"]["parameters"]]
     assert names[:6] == ["prompt", "aspect_ratio", "resolution", "seed", "randomize_seed", "output_format"]
     assert [p["parameter_name"] for p in endpoints["/edit"]["parameters"]][:2] == ["image", "prompt"]
     assert [p["parameter_name"] for p in endpoints["/multi_reference"]["parameters"]][:2] == ["images", "prompt"]
+    assert [p["parameter_name"] for p in endpoints["/inpaint"]["parameters"]][:4] == ["image", "mask", "prompt",
+                                                                                      "strength"]
 
 
 def test_text_to_image_preset_size_seed_and_metadata(client):

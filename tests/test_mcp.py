@@ -1,4 +1,4 @@
-"""The three workflows as MCP tools, through the `mcp` client over streamable HTTP."""
+"""The four workflows as MCP tools, through the `mcp` client over streamable HTTP."""
 
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, free_port, wait_for_server
 
-TOOLS = {"text_to_image", "edit_image", "multi_reference_image"}
+TOOLS = {"text_to_image", "edit_image", "multi_reference_image", "inpaint_image"}
 
 
 @pytest.fixture(scope="module")
-def mcp_url(cache_dir, tmp_path_factory):
+def mcp_url(cache_dir, tmp_path_factory, app_lora_dir):
     port = free_port()
     env = {**os.environ, "KLEIN_CACHE_DIR": str(cache_dir), "GRADIO_MCP_SERVER": "true"}
     log = open(tmp_path_factory.mktemp("mcp-log") / "app.log", "w")
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "tiny", "--port", str(port),
+                                "--lora-dir", str(app_lora_dir)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_server(f"http://127.0.0.1:{port}/", process)
@@ -47,13 +49,14 @@ def call(url: str, action):
     return asyncio.run(run())
 
 
-def test_the_three_workflows_are_tools_with_descriptions(mcp_url):
+def test_the_four_workflows_are_tools_with_descriptions(mcp_url):
     tools = call(mcp_url, lambda session: session.list_tools()).tools
     by_name = {tool.name: tool for tool in tools}
     assert set(by_name) == TOOLS  # helper events (history, reuse seed...) are not tools
     assert "text prompt" in by_name["text_to_image"].description
     assert "Edit an image" in by_name["edit_image"].description
     assert "2 to 4 reference images" in by_name["multi_reference_image"].description
+    assert "Repaint the masked part" in by_name["inpaint_image"].description
     assert "prompt" in by_name["text_to_image"].inputSchema["properties"]
 
 
@@ -74,7 +77,7 @@ def test_descriptions_are_whole_and_say_how_images_go_in(mcp_url):
         assert "upload_file_to_gradio" not in tool.description
     assert tools["text_to_image"].inputSchema["properties"]["safety_tolerance"]["description"].endswith(
         "moderates the prompt, the reference images and the result.")
-    for name in ("edit_image", "multi_reference_image"):
+    for name in ("edit_image", "multi_reference_image", "inpaint_image"):
         assert "data URI" in tools[name].description and "http(s) URL" in tools[name].description
 
 
@@ -169,3 +172,41 @@ def test_an_image_that_is_neither_url_nor_data_uri_names_the_field(mcp_url):
     raw = base64.b64encode((ROOT / "assets" / "robot.png").read_bytes()).decode()  # base64 without "data:"
     text = error_text(call(mcp_url, lambda session: session.call_tool("edit_image", {"image": raw, "prompt": "x"})))
     assert text.startswith("image: ") and "data URI" in text and len(text) < 400, text[:600]
+
+
+def texts(result) -> list[str]:
+    return [c.text for c in result.content if c.type == "text"]
+
+
+def test_inpaint_tool_takes_image_and_mask_as_data_uris(mcp_url):
+    mask = Image.new("L", Image.open(ROOT / "assets" / "robot.png").size, 0)
+    mask.paste(255, (20, 20, 80, 80))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    mask_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    arguments = {"image": data_uri("robot.png"), "mask": mask_uri, "prompt": "a red scarf", "strength": 0.9,
+                 "output_format": "png", "seed": 4}
+    result = call(mcp_url, lambda session: session.call_tool("inpaint_image", arguments))
+    output, original = np.asarray(only_image(result).convert("RGB")), np.asarray(Image.open(ROOT / "assets" /
+                                                                                            "robot.png").convert("RGB"))
+    assert output.shape == original.shape
+    outside = np.ones(output.shape[:2], dtype=bool)
+    outside[20 - 8:80 + 8, 20 - 8:80 + 8] = False
+    assert np.array_equal(output[outside], original[outside])
+    info = json.loads(texts(result)[-1])
+    assert (info["workflow"], info["strength"], info["seed"]) == ("inpaint", 0.9, 4)
+    arguments["mask"] = data_uri("mug.png")  # a colour image, and not the image's size
+    assert error_text(call(mcp_url, lambda session: session.call_tool("inpaint_image", arguments))).startswith("mask: ")
+
+
+def test_loras_and_enhance_prompt_through_mcp(mcp_url):
+    schema = {t.name: t for t in call(mcp_url, lambda session: session.list_tools()).tools}["text_to_image"].inputSchema
+    assert schema["properties"]["loras"]["items"]["required"] == ["path"]
+    assert schema["properties"]["enhance_prompt"]["type"] == "boolean"
+    arguments = {"prompt": "a fox", "width": 64, "height": 64, "seed": 2, "loras": [{"path": "ink", "scale": 0.5}],
+                 "enhance_prompt": True}
+    info = json.loads(texts(call(mcp_url, lambda session: session.call_tool("text_to_image", arguments)))[-1])
+    assert info["loras"] == [{"name": "ink.safetensors", "scale": 0.5}] and info["enhanced_prompt"]
+    arguments["loras"] = [{"path": "missing-style", "scale": 1}]
+    text = error_text(call(mcp_url, lambda session: session.call_tool("text_to_image", arguments)))
+    assert text.startswith("loras[0].path: "), text

@@ -11,7 +11,7 @@ import pytest
 from klein import presets
 from klein.config import MODELS
 from klein.ui.endpoints import ENDPOINTS, make_endpoint
-from klein.ui.state import SETTING_NAMES
+from klein.ui.state import INPAINT_SETTING_NAMES, SETTING_NAMES
 
 BASE = MODELS["flux2-klein-base-4b"]
 
@@ -29,13 +29,16 @@ def test_signature_and_docs_come_from_the_settings_and_the_table(endpoint):
     fn = make_endpoint(endpoint, BASE, recording_handler([]))
     names = list(inspect.signature(fn).parameters)
     reference = [endpoint.reference] if endpoint.reference else []
-    assert names == reference + list(SETTING_NAMES) + ["progress", "request"]
+    assert names == list(endpoint.parameters) + ["progress", "request"]
+    settings = SETTING_NAMES if endpoint.api_name != "inpaint" else INPAINT_SETTING_NAMES
+    assert [n for n in names if n in SETTING_NAMES or n == "strength"] == list(settings)
     assert fn.__name__ == endpoint.tool_name
     summary, docs, _ = gradio.utils.get_function_description(fn)
     assert summary == endpoint.summary
-    for name in ("resolution", "width", "steps", "guidance", "safety_tolerance"):
-        assert docs[name] == presets.PARAMETERS[name].doc, name
-    assert all(docs[name] for name in reference + list(SETTING_NAMES))
+    for name in ("resolution", "width", "steps", "guidance", "safety_tolerance", "strength"):
+        if name in names:
+            assert docs[name] == presets.PARAMETERS[name].doc, name
+    assert all(docs[name] for name in endpoint.parameters)
 
 
 def test_defaults_follow_the_table_and_the_loaded_model():
@@ -67,13 +70,18 @@ def test_the_api_lists_what_the_page_sends(engine):
     for endpoint in ENDPOINTS:
         parameters = info["/" + endpoint.api_name]["parameters"]
         reference = [endpoint.reference] if endpoint.reference else []
-        assert [p["parameter_name"] for p in parameters] == reference + list(SETTING_NAMES)
+        assert [p["parameter_name"] for p in parameters] == list(endpoint.parameters)
         by_name = {p["parameter_name"]: p for p in parameters}
         assert by_name["safety_tolerance"]["parameter_default"] == presets.DEFAULT_SAFETY_TOLERANCE
         # The defaults clients fill in are the signature's, not the page's controls (Randomize on, seed 0).
-        assert [by_name[name]["parameter_default"] for name in ("seed", "randomize_seed", "custom_size", "width")] == [
-            None, False, None, None]
-        assert [by_name[name]["parameter_has_default"] for name in reference + ["prompt"]] == [False] * len(
-            reference + ["prompt"])
+        assert [by_name[name]["parameter_default"] for name in ("seed", "randomize_seed", "loras", "enhance_prompt")
+                ] == [None, False, None, False]
+        if endpoint.api_name != "inpaint":
+            assert [by_name[name]["parameter_default"] for name in ("custom_size", "width")] == [None, None]
+        required = reference + ["prompt"] + (["mask"] if endpoint.api_name == "inpaint" else [])
+        assert [by_name[name]["parameter_has_default"] for name in required] == [False] * len(required)
     fn = next(f for f in demo.fns.values() if f.api_name == "edit")
     assert [c.label for c in fn.inputs][:2] == ["Image to edit", "Prompt"]
+    fn = next(f for f in demo.fns.values() if f.api_name == "inpaint")
+    assert [c.label for c in fn.inputs][2:4] == ["Prompt", "Strength (1 repaints the masked area anew; lower keeps "
+                                                 "more of it)"]

@@ -18,7 +18,7 @@ def test_klein_settings_are_restored_as_recorded():
                 "guidance": 1.0, "safety_tolerance": 3, "output_format": "png", "custom_size": False}
     assert restore(recorded) == {"prompt": "a fox", "randomize_seed": False, "seed": 42, "aspect_ratio": "landscape",
                                  "resolution": "2k", "steps": 4, "guidance": 1.0, "safety_tolerance": 3,
-                                 "output_format": "png"}
+                                 "output_format": "png", "enhance_prompt": False}
 
 
 def test_an_a1111_image_is_made_to_fit_the_controls():
@@ -39,7 +39,25 @@ def test_values_no_control_takes_are_skipped_or_capped():
     values = restore({"prompt": "x", "seed": -1, "steps": 50, "guidance": 99, "safety_tolerance": 5,
                       "aspect_ratio": "match_input", "resolution": "8k", "output_format": "gif"},
                      max_steps=16, max_tolerance=2)
-    assert values == {"prompt": "x", "randomize_seed": False, "safety_tolerance": 2}
+    assert values == {"prompt": "x", "randomize_seed": False, "safety_tolerance": 2, "enhance_prompt": False}
+
+
+def test_an_inpaint_and_an_enhanced_prompt_are_restored():
+    values = restore({"prompt": "a door", "workflow": "inpaint", "strength": 0.6, "enhance_prompt": True,
+                      "enhanced_prompt": "a red wooden door, ..."})
+    assert (values["prompt"], values["strength"], values["enhance_prompt"]) == ("a door", 0.6, True)
+    assert "strength" not in restore({"prompt": "x", "strength": 1.5})  # out of range: the slider's default stays
+
+
+def test_recorded_loras_fill_the_picker_rows_this_server_can_offer():
+    from klein.ui.loras import lora_rows
+
+    recorded = [{"path": "ink.safetensors", "scale": 0.8}, {"path": "owner/style", "scale": 9},
+                {"path": "gone/old.safetensors", "scale": 1}, {"path": "styles/wood", "scale": -0.5}]
+    rows, missing = lora_rows(recorded, ["ink.safetensors", "styles/wood.safetensors"])
+    assert rows == [("ink.safetensors", "", 0.8), ("", "owner/style", 4.0), ("styles/wood.safetensors", "", -0.5)]
+    assert missing == ["gone/old.safetensors"]  # neither in the folder nor a hub id
+    assert lora_rows(None, [])[0] == [("", "", 1.0)] * 3  # nothing recorded: the rows are emptied
 
 
 def test_match_input_only_where_the_tab_has_references():

@@ -1,6 +1,6 @@
 """The Gradio app: build_demo(engine) -> gr.Blocks, and launch. Only klein/ui imports gradio.
 
-Three tabs, each a named API endpoint (text_to_image, edit, multi_reference) over the same engine;
+Four tabs, each a named API endpoint (text_to_image, edit, multi_reference, inpaint) over the same engine;
 the endpoint functions are generated in endpoints.py, the controls built in controls.py, the page's
 private helper events wired in events.py.
 """
@@ -22,7 +22,9 @@ from .controls import TabControls, workflow_tab
 from .display import api_info, model_banner
 from .endpoints import ENDPOINTS, Outputs, make_endpoint, with_signature_defaults
 from .events import wire_restore, wire_tab, wire_use_as_input
+from .inpaint import inpaint_tab
 from .inputs import named_gallery, named_image
+from .loras import lora_choices, refresh_choices
 from .mcp import fix_gradio_mcp_server
 from .state import Cancellations, gallery_paths, request_from_controls
 
@@ -50,7 +52,8 @@ def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str
                                      cancel=cancel)
         finally:
             cancellations.finish(session, cancel)
-        return str(result.path), result.seed, api_info(result)
+        strength = {"strength": generation.strength} if generation.mask is not None else {}
+        return str(result.path), result.seed, api_info(result) | strength
 
     def text_to_image(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
         return run((), values, progress, request)
@@ -67,7 +70,21 @@ def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str
         references = tuple(load_reference(p, f"images[{i}]", limits) for i, p in enumerate(paths))
         return run(references, values, progress, request)
 
-    handlers = {"text_to_image": text_to_image, "edit": edit, "multi_reference": multi_reference}
+    def inpaint(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
+        image, mask, paths = values.pop("image"), values.pop("mask"), gallery_paths(values.pop("references"))
+        if not image:
+            raise InvalidRequest("image", "is missing; give the image to paint on")
+        if not mask:
+            raise InvalidRequest("mask", "is missing; give a mask the image's size (white repaints)")
+        if len(paths) > presets.MAX_REFERENCES - 1:
+            raise InvalidRequest("references", f"{len(paths)} reference images given, at most "
+                                 f"{presets.MAX_REFERENCES - 1} besides the image painted on")
+        references = tuple(load_reference(p, f"references[{i}]", limits) for i, p in enumerate(paths))
+        values["mask"] = load_reference(mask, "mask", limits, mask=True)
+        return run((load_reference(image, "image", limits), *references), values, progress, request)
+
+    handlers = {"text_to_image": text_to_image, "edit": edit, "multi_reference": multi_reference,
+                "inpaint": inpaint}
     return {e.api_name: make_endpoint(e, spec, handlers[e.api_name]) for e in ENDPOINTS}
 
 
@@ -78,16 +95,18 @@ def build_demo(engine: Engine) -> gr.Blocks:
     cancellations = Cancellations()
     max_tolerance = engine.moderator.max_tolerance
     functions = workflow_functions(engine, cancellations)
+    loras = lora_choices(engine)
+    endpoints = {e.api_name: e for e in ENDPOINTS}
 
     # Gradio keeps every upload and a copy of every result in its cache: hourly, drop those over a day old.
     with gr.Blocks(title="Klein Studio", delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Markdown("# Klein Studio\n<span id='tagline'>FLUX.2 [klein]: text-to-image, editing and "
-                    "multi-reference generation.</span>", elem_id="header")
+        gr.Markdown("# Klein Studio\n<span id='tagline'>FLUX.2 [klein]: text-to-image, editing, "
+                    "multi-reference generation and inpainting.</span>", elem_id="header")
         gr.Markdown(model_banner(engine), elem_id="model-banner")
         history = gr.State([])
         with gr.Tabs(elem_id="workflow-tabs") as tabs:
             with gr.Tab("Text to image", id="text_to_image"):
-                t2i = workflow_tab("text_to_image", None, spec, max_tolerance)
+                t2i = workflow_tab(endpoints["text_to_image"], None, spec, max_tolerance, loras)
                 gr.Examples([["a lighthouse on a cliff at dusk, volumetric light"],
                              ["a bowl of ramen, studio photo, top-down"],
                              ["an isometric cozy reading nook, soft morning light"]], [t2i.prompt],
@@ -95,7 +114,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             with gr.Tab("Edit", id="edit"):
                 image_input = named_image("image", limits, label="Image to edit", type="filepath", image_mode=None,
                                           sources=["upload", "clipboard"], height=300, elem_id="edit-image")
-                edit = workflow_tab("edit", image_input, spec, max_tolerance)
+                edit = workflow_tab(endpoints["edit"], image_input, spec, max_tolerance, loras)
                 gr.Examples([[str(ASSETS / "armchair.png"), "make the armchair green velvet"],
                              [str(ASSETS / "mountains.jpg"), "make it a snowy winter night"],
                              [str(ASSETS / "robot.png"), "give the robot a red scarf"]],
@@ -106,12 +125,14 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                         f"{presets.MAX_REFERENCES})", interactive=True, columns=presets.MAX_REFERENCES,
                                         height=250, fit_columns=False, object_fit="contain",
                                         elem_id="multi_reference-images")
-                multi = workflow_tab("multi_reference", gallery, spec, max_tolerance)
+                multi = workflow_tab(endpoints["multi_reference"], gallery, spec, max_tolerance, loras)
                 gr.Examples([[[str(ASSETS / "robot.png"), str(ASSETS / "mountains.jpg")],
                               "the robot from image 1 standing in the landscape of image 2"],
                              [[str(ASSETS / "armchair.png"), str(ASSETS / "mug.png"), str(ASSETS / "mountains.jpg")],
                               "the armchair and the mug on a terrace facing the mountains"]],
                             [gallery, multi.prompt], label="Examples")
+            with gr.Tab("Inpaint", id="inpaint"):
+                inpaint = inpaint_tab(spec, max_tolerance, limits, loras)
         with gr.Accordion("History (this browser session; click one to restore its settings)", open=True):
             history_gallery = gr.Gallery(show_label=False, columns=8, height=180, allow_preview=False,
                                          fit_columns=False, object_fit="cover", interactive=False,
@@ -121,11 +142,15 @@ def build_demo(engine: Engine) -> gr.Blocks:
                                          label="Drop an image made by Klein Studio (or with A1111-style parameters)",
                                          sources=["upload"], height=200, elem_id="settings-image")
 
-        controls: dict[str, TabControls] = {"text_to_image": t2i, "edit": edit, "multi_reference": multi}
+        controls: dict[str, TabControls] = {"text_to_image": t2i, "edit": edit, "multi_reference": multi,
+                                            "inpaint": inpaint.controls}
         for tab in controls.values():
-            wire_tab(tab, functions[tab.workflow], history, history_gallery, cancellations)
-            wire_use_as_input(tab, image_input, gallery, tabs)
-        wire_restore(controls, tabs, history, history_gallery, settings_image, spec.name)
+            prepare = inpaint.prepare() if tab is inpaint.controls else None
+            wire_tab(tab, functions[tab.workflow], history, history_gallery, cancellations, prepare)
+            wire_use_as_input(tab, image_input, gallery, inpaint.editor, tabs)
+        wire_restore(controls, tabs, history, history_gallery, settings_image, spec.name, lambda: lora_choices(engine))
+        list_loras, menus = refresh_choices([tab.lora_picker for tab in controls.values()], engine)
+        demo.load(list_loras, None, menus, api_visibility="private", queue=False, show_progress="hidden")
     demo.get_api_info = with_signature_defaults(demo.get_api_info, functions)
     return demo
 

@@ -3,7 +3,7 @@ accordion and the result, typed and named after the endpoint parameters they fee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -12,10 +12,13 @@ from .. import presets
 from ..config import ModelSpec
 from ..presets import PARAMETERS
 from .display import aspect_choices
+from .endpoints import Endpoint
 from .inputs import parameter_slider, whole_number_input
+from .loras import LoraPicker, lora_picker
 from .state import SETTING_NAMES, settings_to_restore
 
-ReferenceInput = gr.Image | gr.Gallery | None
+ReferenceInput = gr.Image | gr.Gallery | gr.ImageEditor | None
+ENHANCE_NOTE = "The text encoder reads only the prompt, not the images: the rewrite is made from your words alone."
 
 
 @dataclass
@@ -44,34 +47,60 @@ class TabControls:
     reuse_seed: gr.Button
     to_edit: gr.Button
     to_multi: gr.Button
+    to_inpaint: gr.Button
     info: gr.Markdown  # the page's line
     details: gr.JSON  # the same as fields: the endpoint's third output, for API and MCP callers (hidden)
+    loras: gr.JSON  # the endpoint's `loras` (hidden), composed from lora_picker's rows as Generate is clicked
+    lora_picker: LoraPicker
+    enhance_prompt: gr.Checkbox
+    enhanced_prompt: gr.Textbox  # the rewrite generated from, shown beside the result when asked for
+    strength: gr.Slider | None = None  # inpainting only
+    parameters: tuple[str, ...] = SETTING_NAMES  # the endpoint's parameters, in API order
+    extra: dict[str, Any] = field(default_factory=dict)  # inputs that are not settings: the images, the mask
 
-    def settings(self) -> list[gr.components.Component]:
-        """The controls of SETTING_NAMES, in that order: the endpoint's parameters after the reference."""
-        return [getattr(self, name) for name in SETTING_NAMES]
+    def control(self, name: str) -> gr.components.Component:
+        return self.extra[name] if name in self.extra else getattr(self, name)
 
     def inputs(self) -> list[gr.components.Component]:
         """The endpoint's inputs, in the order of its API parameters."""
-        return ([self.reference] if self.reference is not None else []) + self.settings()
+        return [self.control(name) for name in self.parameters]
+
+    def source_images(self) -> list[gr.components.Component]:
+        """The inputs holding the images a result was made from (for its history entry), in request order."""
+        return [self.control(name) for name in ("image", "images", "references") if name in self.parameters]
 
     def outputs(self) -> list[gr.components.Component]:
         """The endpoint's outputs: image, seed used, info fields."""
         return [self.result, self.seed_used, self.details]
 
-    def restore_updates(self, recorded: dict[str, Any]) -> dict:
-        """Fill the settings (and the reference images, when recorded) from a history entry or image metadata."""
+    def restorable(self) -> list[gr.components.Component]:
+        """Every control restore_updates may fill: the inputs, the image painted on, the LoRA rows."""
+        shown = [self.reference] if self.reference is not None and self.reference not in self.inputs() else []
+        return self.inputs() + shown + self.lora_picker.rows()
+
+    def restore_updates(self, recorded: dict[str, Any], available_loras: list[str] = ()) -> dict:
+        """Fill the settings (and the reference images, when recorded; the LoRAs this server offers) from a
+        history entry or image metadata. A recorded LoRA it cannot offer is named in a warning."""
         values = settings_to_restore(recorded, with_match_input=self.reference is not None,
                                      max_steps=int(self.steps.maximum), max_tolerance=int(self.safety_tolerance.maximum))
-        updates: dict = {getattr(self, name): value for name, value in values.items()}
+        updates: dict = {self.control(name): value for name, value in values.items() if name in self.parameters}
         references = recorded.get("references")
-        if self.reference is not None and references:
+        if self.reference is not None and isinstance(references, list) and references:
             updates[self.reference] = references if isinstance(self.reference, gr.Gallery) else references[0]
-        return updates
+            if "references" in self.parameters:
+                updates[self.extra["references"]] = references[1:] or None
+        loras, missing = self.lora_picker.restore_updates(recorded.get("loras"), list(available_loras))
+        if missing:
+            gr.Warning(f"LoRA {', '.join(missing)} is not in this server's LoRA folder; left out.")
+        return updates | loras
 
 
-def workflow_tab(workflow: str, reference: ReferenceInput, spec: ModelSpec, max_tolerance: int) -> TabControls:
-    """Prompt and Generate first (on a phone they fit the first screen), then the settings; the result beside."""
+def workflow_tab(endpoint: Endpoint, reference: ReferenceInput, spec: ModelSpec, max_tolerance: int,
+                 available_loras: list[str], extra: dict[str, Any] | None = None) -> TabControls:
+    """Prompt and Generate first (on a phone they fit the first screen), then the settings; the result beside.
+    A workflow without size settings (inpainting) gets none shown, and a strength slider instead."""
+    workflow = endpoint.api_name
+    sized = "aspect_ratio" in endpoint.parameters
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image… (Enter generates, "
@@ -80,15 +109,18 @@ def workflow_tab(workflow: str, reference: ReferenceInput, spec: ModelSpec, max_
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{workflow}-generate", scale=3,
                                      min_width=120)
                 cancel = gr.Button("Cancel", variant="stop", elem_id=f"{workflow}-cancel", scale=1, min_width=80)
+            strength = parameter_slider("strength", value=float(PARAMETERS["strength"].default), step=0.05,
+                                        label="Strength (1 repaints the masked area anew; lower keeps more of it)",
+                                        elem_id=f"{workflow}-strength") if "strength" in endpoint.parameters else None
             with gr.Row():
                 # allow_custom_value lets the engine reject a bad value with a message naming the field.
                 # The menu is wide enough for its longest label; on a phone it takes a row of its own.
                 aspect_ratio = gr.Dropdown(aspect_choices("1k", with_match_input=reference is not None),
                                            value=presets.MATCH_INPUT if reference is not None else "square_1_1",
                                            label="Aspect ratio", allow_custom_value=True, elem_id=f"{workflow}-aspect",
-                                           scale=3, min_width=250)
+                                           scale=3, min_width=250, visible=sized)
                 resolution = gr.Dropdown(list(presets.RESOLUTIONS), value="1k", label="Resolution",
-                                         allow_custom_value=True, min_width=90)
+                                         allow_custom_value=True, min_width=90, visible=sized)
                 output_format = gr.Dropdown(list(presets.OUTPUT_FORMATS), value=presets.DEFAULT_OUTPUT_FORMAT,
                                             label="Format", allow_custom_value=True, min_width=90)
             with gr.Row():
@@ -98,10 +130,15 @@ def workflow_tab(workflow: str, reference: ReferenceInput, spec: ModelSpec, max_
                 "safety_tolerance", maximum=max_tolerance, step=1,
                 value=min(presets.DEFAULT_SAFETY_TOLERANCE, max_tolerance),
                 label="Safety tolerance (0 strictest, 5 most permissive)", elem_id=f"{workflow}-safety")
+            enhance_prompt = gr.Checkbox(label="Enhance prompt (the model's text encoder rewrites it first)",
+                                         value=False, elem_id=f"{workflow}-enhance")
+            if reference is not None:
+                gr.Markdown(ENHANCE_NOTE, elem_classes=["enhance-note"])
+            picker = lora_picker(workflow, available_loras)
             with gr.Accordion("Advanced", open=False):
                 custom_size = gr.Checkbox(label="Custom size (overrides the preset)", value=False,
-                                          elem_id=f"{workflow}-custom-size")
-                with gr.Row():  # movable only with Custom size on (events.wire_settings)
+                                          elem_id=f"{workflow}-custom-size", visible=sized)
+                with gr.Row(visible=sized):  # movable only with Custom size on (events.wire_settings)
                     width = parameter_slider("width", value=PARAMETERS["width"].default, step=presets.SIZE_MULTIPLE,
                                              label="Width", interactive=False, elem_id=f"{workflow}-width")
                     height = parameter_slider("height", value=PARAMETERS["height"].default,
@@ -122,11 +159,16 @@ def workflow_tab(workflow: str, reference: ReferenceInput, spec: ModelSpec, max_
             with gr.Row():
                 to_edit = gr.Button("Edit this image", size="sm", elem_id=f"{workflow}-to-edit")
                 to_multi = gr.Button("Add to multi-reference", size="sm", elem_id=f"{workflow}-to-multi")
+                to_inpaint = gr.Button("Inpaint this image", size="sm", elem_id=f"{workflow}-to-inpaint")
             info = gr.Markdown(elem_id=f"{workflow}-info")
+            enhanced_prompt = gr.Textbox(label="Enhanced prompt (what the image was generated from)", visible=False,
+                                         interactive=False, lines=3, elem_id=f"{workflow}-enhanced")
             details = gr.JSON(label="Generation info", visible=False)
     return TabControls(
         workflow=workflow, reference=reference, prompt=prompt, aspect_ratio=aspect_ratio, resolution=resolution,
         seed=seed, randomize_seed=randomize_seed, output_format=output_format, custom_size=custom_size, width=width,
         height=height, steps=steps, guidance=guidance, safety_tolerance=safety_tolerance, generate=generate,
         cancel=cancel, result=result, seed_used=seed_used, seed_shown=seed_shown, reuse_seed=reuse_seed,
-        to_edit=to_edit, to_multi=to_multi, info=info, details=details)
+        to_edit=to_edit, to_multi=to_multi, to_inpaint=to_inpaint, info=info, details=details, loras=picker.value,
+        lora_picker=picker, enhance_prompt=enhance_prompt, enhanced_prompt=enhanced_prompt, strength=strength,
+        parameters=endpoint.parameters, extra=extra or ({endpoint.reference: reference} if endpoint.reference else {}))

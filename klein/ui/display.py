@@ -35,8 +35,15 @@ def aspect_choices(resolution: str, with_match_input: bool) -> list[tuple[str, s
 
 
 def api_info(result: GenerationResult) -> dict[str, Any]:
-    """The generation's fields for API and MCP callers: plain data, no formatting."""
-    return {**result.info(), "timings_ms": {name: round(ms, 1) for name, ms in result.timings_ms.items()}}
+    """The generation's fields for API and MCP callers: plain data, no formatting.
+
+    Each LoRA is {"name", "scale"} here, not the request's {"path", "scale"}: gradio_client takes any
+    output dict with a "path" for a file to download, and fails on it.
+    """
+    info = {**result.info(), "timings_ms": {name: round(ms, 1) for name, ms in result.timings_ms.items()}}
+    if "loras" in info:
+        info["loras"] = [{"name": lora["path"], "scale": lora["scale"]} for lora in info["loras"]]
+    return info
 
 
 def format_info(info: dict[str, Any] | None) -> str:
@@ -48,7 +55,8 @@ def format_info(info: dict[str, Any] | None) -> str:
     return (
         f"**{info['width']}×{info['height']}** · seed `{info['seed']}` · {info['model']} · {info['steps']} steps · "
         f"{str(info['workflow']).replace('_', ' ')} · {info['output_format']}"
-        + (f" · {info['worker']}" if info.get("worker") else "") + "  \n"
+        + (f" · {info['worker']}" if info.get("worker") else "")
+        + "".join(f" · LoRA {lora['name']} ×{lora['scale']:g}" for lora in info.get("loras") or ()) + "  \n"
         f"{t.get('total', 0):.0f} ms ({stages})"
     )
 

@@ -1,4 +1,4 @@
-"""The three workflow endpoints (text_to_image, edit, multi_reference), generated from one description.
+"""The four workflow endpoints (text_to_image, edit, multi_reference, inpaint), generated from one description.
 
 Gradio reads an event function's signature for the API's parameter names, and its docstring's Args
 for the API page and the MCP tool descriptions; the defaults API and MCP callers get are the
@@ -24,7 +24,7 @@ from .. import presets
 from ..config import ModelSpec
 from ..errors import KleinError
 from ..presets import PARAMETERS
-from .state import SETTING_NAMES
+from .state import INPAINT_SETTING_NAMES, SETTING_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,21 @@ class Endpoint:
     aspect_ratio_doc: str
     prompt_doc: str
     returns: str
+    settings: tuple[str, ...] = SETTING_NAMES  # the settings it takes after the reference
+    inputs: tuple[tuple[str, str], ...] = ()  # (name, doc): more inputs after the reference (inpaint's mask)
+    extras: tuple[tuple[str, str], ...] = ()  # (name, doc): optional inputs after the settings
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The API parameters' names, in order: what the tab's controls feed."""
+        reference = (self.reference,) if self.reference else ()
+        return (*reference, *(n for n, _ in self.inputs), *self.settings, *(n for n, _ in self.extras))
 
 
 RETURNS = ("the seed used, and the generation's fields as JSON (seed, width, height, model, workflow, steps, "
-           "guidance, output_format, timings_ms).")
+           "guidance, output_format, timings_ms; loras and enhanced_prompt when used).")
 FILE_DOC = "gradio_client: handle_file(path or URL); MCP: an http(s) URL or a data URI"
+IMAGES_DOC = 'each {"image": file, "caption": null} (file: ' + FILE_DOC + ")"
 
 ENDPOINTS = (
     Endpoint("text_to_image", "text_to_image", "Generate an image from a text prompt with FLUX.2 [klein].",
@@ -63,11 +73,19 @@ ENDPOINTS = (
              f"Generate an image from {presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images and "
              "a prompt with FLUX.2 [klein].",
              "images", f"{presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images (PNG, JPEG or "
-             'WebP), e.g. a person, a product and a place; each {"image": file, "caption": null} (file: '
-             f"{FILE_DOC}).",
+             f"WebP), e.g. a person, a product and a place; {IMAGES_DOC}.",
              '"match_input" uses the first image\'s aspect ratio; or a preset such as landscape.',
              'how to combine them, e.g. "the person from image 1 holding the cup from image 2".',
              f"The generated image file, {RETURNS}"),
+    Endpoint("inpaint", "inpaint_image",
+             "Repaint the masked part of an image from a prompt with FLUX.2 [klein]; the rest stays as it is.",
+             "image", f"the image to paint on (PNG, JPEG or WebP; the output has its size; {FILE_DOC}).", "",
+             'what the masked area should show, e.g. "a red door".', f"The inpainted image file, {RETURNS}",
+             settings=INPAINT_SETTING_NAMES,
+             inputs=(("mask", "the mask, the image's size: white repaints, black keeps (grayscale or black and white; "
+                      f"transparent areas keep; {FILE_DOC})."),),
+             extras=(("references", f"optional: 1 to {presets.MAX_REFERENCES - 1} reference images for the painted "
+                      f"area, e.g. an object to put there; {IMAGES_DOC}."),)),
 )
 
 # What the UI adds to the table's parameters: how each arrives from its control, and its description.
@@ -78,33 +96,39 @@ CONTROL_DOCS = {
                       "returned either way.",
     "custom_size": "true: width and height; false: the preset (width and height ignored); left out: width and "
                    "height when given.",
+    "loras": f"up to {presets.MAX_LORAS} LoRA adapters, a list of {{\"path\": ..., \"scale\": ...}}: path a "
+             ".safetensors file or folder in the server's LoRA folder, or a Hugging Face hub id (owner/name); scale "
+             f"{presets.LORA_SCALE.minimum:g}..{presets.LORA_SCALE.maximum:g} (1 as trained, 0 off).",
+    "enhance_prompt": "true: the model's text encoder rewrites the prompt first (it reads only the text, not the "
+                      "images); the rewrite is returned as enhanced_prompt.",
 }
 CONTROL_TYPES: dict[str, Any] = {"prompt": str, "aspect_ratio": str, "resolution": str, "seed": int | None,
                                  "randomize_seed": bool, "output_format": str, "custom_size": bool | None,
-                                 "width": float | None, "height": float | None}
+                                 "width": float | None, "height": float | None, "loras": list | None,
+                                 "enhance_prompt": bool, "image": str | None, "mask": str | None,
+                                 "images": list | None, "references": list | None}
 CONTROL_DEFAULTS: dict[str, Any] = {"seed": None, "randomize_seed": False, "custom_size": None, "width": None,
-                                    "height": None}
+                                    "height": None, "loras": None, "enhance_prompt": False, "references": None}
+REQUIRED = ("prompt", "image", "mask", "images")
 
 
-def setting_parameters(endpoint: Endpoint, spec: ModelSpec) -> list[inspect.Parameter]:
-    """The endpoint's settings as signature parameters, defaults from the table and the loaded model."""
-    defaults = {name: PARAMETERS[name].default for name in SETTING_NAMES if name in PARAMETERS}
+def parameter_defaults(endpoint: Endpoint, spec: ModelSpec) -> dict[str, Any]:
+    """Each parameter's default, from the table and the loaded model (absent: required)."""
+    defaults = {name: PARAMETERS[name].default for name in endpoint.parameters if name in PARAMETERS}
     defaults.update(CONTROL_DEFAULTS, steps=spec.steps, guidance=spec.guidance,
                     aspect_ratio=presets.MATCH_INPUT if endpoint.reference else PARAMETERS["aspect_ratio"].default)
-    parameters = []
-    for name in SETTING_NAMES:
-        default = inspect.Parameter.empty if name == "prompt" else defaults[name]
-        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
-                                            annotation=CONTROL_TYPES.get(name, float)))
-    return parameters
+    return {name: defaults[name] for name in endpoint.parameters if name not in REQUIRED}
 
 
 def docstring(endpoint: Endpoint) -> str:
     """Summary, Args (one line a parameter) and Returns, in the Google style Gradio parses."""
-    docs = {name: CONTROL_DOCS.get(name) or PARAMETERS[name].doc for name in SETTING_NAMES}
-    docs.update(prompt=endpoint.prompt_doc, aspect_ratio=endpoint.aspect_ratio_doc)
-    if endpoint.reference:
-        docs = {endpoint.reference: endpoint.reference_doc, **docs}
+    docs = {name: CONTROL_DOCS.get(name) or (PARAMETERS[name].doc if name in PARAMETERS else "")
+            for name in endpoint.settings}
+    docs.update(prompt=endpoint.prompt_doc)
+    if "aspect_ratio" in docs:
+        docs.update(aspect_ratio=endpoint.aspect_ratio_doc)
+    docs = {**({endpoint.reference: endpoint.reference_doc} if endpoint.reference else {}), **dict(endpoint.inputs),
+            **docs, **dict(endpoint.extras)}
     args = "\n".join(f"    {name}: {doc}" for name, doc in docs.items())
     return f"{endpoint.summary}\n\nArgs:\n{args}\n\nReturns:\n    {endpoint.returns}\n"
 
@@ -112,11 +136,11 @@ def docstring(endpoint: Endpoint) -> str:
 def make_endpoint(endpoint: Endpoint, spec: ModelSpec, handle: Handler) -> Callable[..., Outputs]:
     """The Gradio event function of one workflow: its signature and docstring built from the table,
     its body `handle(values, progress, request)` inside user_errors()."""
-    parameters = setting_parameters(endpoint, spec)
-    if endpoint.reference:
-        annotation = str | None if endpoint.reference == "image" else list | None
-        parameters.insert(0, inspect.Parameter(endpoint.reference, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                               annotation=annotation))
+    defaults = parameter_defaults(endpoint, spec)
+    parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                    default=defaults.get(name, inspect.Parameter.empty),
+                                    annotation=CONTROL_TYPES.get(name, float))
+                  for name in endpoint.parameters]
     parameters += [
         inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),

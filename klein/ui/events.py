@@ -14,32 +14,43 @@ from ..output.encode import settings_from_image
 from .controls import TabControls
 from .display import aspect_choices, format_info
 from .endpoints import user_errors
+from .loras import COMPOSE_JS
 from .state import Cancellations, gallery_paths, with_history_entry
 
 GPU_LANE = "gpu"  # every generating event shares it, so two tabs never run the model at once
-# Run in the browser as Generate is clicked: the last result, its seed and info go, so after an error
-# or Cancel nothing stale is left on show (and no "Error" pill covers an old info line).
-CLEAR_RESULT_JS = "() => [null, null, null, '', '']"
+# Run in the browser as Generate is clicked: the last result, its seed, info and rewrite go, so after an
+# error or Cancel nothing stale is left on show (and no "Error" pill covers an old info line); and the
+# LoRA rows become the endpoint's `loras` list.
+CLEAR_RESULT_JS = f"(...rows) => [null, null, null, '', '', '', ({COMPOSE_JS})(rows)]"
 PAGE_ONLY = dict(api_visibility="private", queue=False, show_progress="hidden")
+# A step before the endpoint: (function, inputs, outputs), e.g. inpainting's image and mask from the editor.
+Prepare = tuple[Callable, list, list]
 
 
 def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery: gr.Gallery,
-             cancellations: Cancellations) -> None:
+             cancellations: Cancellations, prepare: Prepare | None = None) -> None:
     """Generate (clear, then the public endpoint with one progress bar, on the image), then the info line
     and history; Cancel; Reuse seed; the settings' own events."""
-    shown = [tab.info, tab.seed_shown]
-    cleared = tab.generate.click(None, None, tab.outputs() + shown, js=CLEAR_RESULT_JS, **PAGE_ONLY)
-    event = cleared.then(fn, tab.inputs(), tab.outputs(), api_name=tab.workflow, concurrency_id=GPU_LANE,
-                         show_progress_on=[tab.result])
-    references = [tab.reference] if tab.reference is not None else []
+    shown = [tab.info, tab.seed_shown, tab.enhanced_prompt]
+    cleared = tab.generate.click(None, tab.lora_picker.rows(), tab.outputs() + shown + [tab.loras],
+                                 js=CLEAR_RESULT_JS, **PAGE_ONLY)
+    if prepare is not None:  # queued, so its errors reach the page as toasts
+        cleared = cleared.then(*prepare, api_visibility="private", show_progress="hidden").success
+    else:
+        cleared = cleared.then
+    event = cleared(fn, tab.inputs(), tab.outputs(), api_name=tab.workflow, concurrency_id=GPU_LANE,
+                    show_progress_on=[tab.result])
+    references = tab.source_images()
 
-    def show_info(details: dict | None) -> tuple[str, str]:
-        """The page's info line and "Seed used" box for the generation's fields.
+    def show_info(details: dict | None) -> tuple[str, str, Any]:
+        """The page's info line, "Seed used" box and enhanced prompt for the generation's fields.
 
         Args:
             details: the fields the endpoint returned.
         """
-        return format_info(details), str(details["seed"]) if details else ""
+        rewrite = (details or {}).get("enhanced_prompt")
+        return (format_info(details), str(details["seed"]) if details else "",
+                gr.Textbox(value=rewrite or "", visible=rewrite is not None))
 
     def add_to_history(path: str | None, entries: list[dict], *reference: Any) -> tuple[list[dict], list]:
         """Put a new result first in this session's history, with the reference images it was made from.
@@ -47,10 +58,11 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
         Args:
             path: the result's file.
             entries: the history so far.
-            reference: the tab's reference image (Edit) or gallery (Multi-reference), if it has one.
+            reference: the tab's image inputs: the image (Edit, Inpaint), the gallery (Multi-reference,
+                Inpaint's references).
         """
-        value = reference[0] if reference else None
-        files = gallery_paths(value) if isinstance(value, list) else [value] if value else []
+        files = [f for value in reference for f in (gallery_paths(value) if isinstance(value, list) else [value])
+                 if f]
         with user_errors():
             entries = with_history_entry(entries, path, files)
         return entries, [(e["path"], e["caption"]) for e in entries]
@@ -103,8 +115,20 @@ def wire_settings(tab: TabControls) -> None:
     tab.resolution.change(relabel_presets, [tab.resolution], [tab.aspect_ratio], **PAGE_ONLY)
 
 
-def wire_use_as_input(tab: TabControls, image_input: gr.Image, gallery: gr.Gallery, tabs: gr.Tabs) -> None:
-    """Send a result to the Edit tab, or add it to the Multi-reference gallery."""
+def wire_use_as_input(tab: TabControls, image_input: gr.Image, gallery: gr.Gallery, editor: gr.ImageEditor,
+                      tabs: gr.Tabs) -> None:
+    """Send a result to the Edit or Inpaint tab, or add it to the Multi-reference gallery."""
+
+    def to_inpaint(path: str | None):
+        """Open a result in the Inpaint tab, to paint a mask on.
+
+        Args:
+            path: the result's file.
+        """
+        if not path:
+            gr.Warning("Generate an image first.")
+            return gr.skip(), gr.skip()
+        return path, gr.Tabs(selected="inpaint")
 
     def to_edit(path: str | None):
         """Open a result in the Edit tab.
@@ -135,13 +159,14 @@ def wire_use_as_input(tab: TabControls, image_input: gr.Image, gallery: gr.Galle
 
     tab.to_edit.click(to_edit, [tab.result], [image_input, tabs], api_visibility="private")
     tab.to_multi.click(to_multi, [tab.result, gallery], [gallery, tabs], api_visibility="private")
+    tab.to_inpaint.click(to_inpaint, [tab.result], [editor, tabs], api_visibility="private")
 
 
 def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.State, history_gallery: gr.Gallery,
-                 settings_image: gr.Image, model_name: str) -> None:
+                 settings_image: gr.Image, model_name: str, available_loras: Callable[[], list[str]]) -> None:
     """Click a history item, or drop an image with settings, to fill its tab's controls (and, from history,
-    its reference images)."""
-    every_control = [c for tab in controls.values() for c in tab.inputs()]  # settings and reference images
+    its reference images; the LoRAs this server offers)."""
+    every_control = [c for tab in controls.values() for c in tab.restorable()]  # settings, images, LoRA rows
     nothing = {tabs: gr.skip()}  # a non-empty dict: Gradio reads {} as one value for 37 outputs
 
     def restore_from_history(entries: list[dict], evt: gr.SelectData) -> dict:
@@ -152,7 +177,7 @@ def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.St
         """
         entry = entries[evt.index]
         workflow = entry.get("workflow", "text_to_image")
-        return {**controls[workflow].restore_updates(entry), tabs: gr.Tabs(selected=workflow)}
+        return {**controls[workflow].restore_updates(entry, available_loras()), tabs: gr.Tabs(selected=workflow)}
 
     def load_settings(path: str | None) -> dict:
         """Fill a tab from the generation settings embedded in an image.
@@ -174,7 +199,9 @@ def wire_restore(controls: dict[str, TabControls], tabs: gr.Tabs, history: gr.St
                        "so the same seed gives a different image.")
         else:
             gr.Info(f"Settings loaded from an image made with {made_with or 'an unknown model'}.")
-        return {**controls[workflow].restore_updates(settings), tabs: gr.Tabs(selected=workflow)}
+        if workflow == "inpaint":
+            gr.Info("The mask is not saved in the image: paint it again on the image to repaint.")
+        return {**controls[workflow].restore_updates(settings, available_loras()), tabs: gr.Tabs(selected=workflow)}
 
     history_gallery.select(restore_from_history, [history], every_control + [tabs], **PAGE_ONLY)
     # Queued, because gr.Info / gr.Warning reach the page only through the queue.

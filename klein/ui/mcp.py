@@ -90,6 +90,22 @@ def mcp_gallery_schema(schema: dict[str, Any], file_positions: list[list[Any]]) 
     return {**schema, "properties": properties}, file_positions
 
 
+LORA_ITEM = {"type": "object", "required": ["path"], "additionalProperties": False, "properties": {
+    "path": {"type": "string", "description": "a .safetensors file or folder in the server's LoRA folder, or a hub id"},
+    "scale": {"type": "number", "description": "-1..4; 1 as trained, 0 off"},
+    "weight_name": {"type": "string", "description": "which .safetensors file of a hub repository or folder"}}}
+
+
+def mcp_loras_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """An MCP tool's input schema with `loras` as the list of {path, scale} it is (Gradio's JSON input
+    says only "any valid json", with an empty type)."""
+    properties = dict(schema.get("properties", {}))
+    if "loras" in properties:
+        described = properties["loras"].get("description", "")
+        properties["loras"] = {"type": "array", "items": LORA_ITEM, "description": described}
+    return {**schema, "properties": properties}
+
+
 def file_argument_problem(arguments: Any, file_positions: list[list[Any]]) -> str | None:
     """A file argument that is neither a URL nor a data URI, named (Gradio's own error echoes the whole value)."""
     for path in file_positions:
@@ -128,7 +144,7 @@ def fix_gradio_mcp_server(internal_key: str | None = None) -> None:
       (_execute_tool_without_progress returns [result]); it gets each output, the image as image content,
       and a dict output (the generation info) as JSON text rather than a Python repr;
     - a Gallery parameter's schema had dangling $refs, so multi_reference_image could not be called
-      (mcp_gallery_schema);
+      (mcp_gallery_schema); `loras` said "any valid json" (mcp_loras_schema);
     - file tools told agents to use an upload_file_to_gradio tool that does not exist;
     - a malformed argument got an error echoing the whole value (kilobytes of base64) without its name;
     and, with API keys set, its loopback client (it calls the Gradio API over HTTP) carries the
@@ -164,7 +180,8 @@ def fix_gradio_mcp_server(internal_key: str | None = None) -> None:
         return list(result) if isinstance(result, tuple) else [result]
 
     def get_input_schema(self, tool_name: str, parameters: dict[str, str] | None = None):
-        return mcp_gallery_schema(*input_schema(self, tool_name, parameters))
+        schema, file_positions = mcp_gallery_schema(*input_schema(self, tool_name, parameters))
+        return mcp_loras_schema(schema), file_positions
 
     def create_mcp_server(self):
         server = create_server(self)

@@ -21,7 +21,10 @@ HISTORY_LIMIT = 48
 # The settings every workflow endpoint takes after its reference image(s), in API order. The endpoint
 # signatures (endpoints.py) and the tab's controls (controls.TabControls) are both built from it.
 SETTING_NAMES = ("prompt", "aspect_ratio", "resolution", "seed", "randomize_seed", "output_format", "custom_size",
-                 "width", "height", "steps", "guidance", "safety_tolerance")
+                 "width", "height", "steps", "guidance", "safety_tolerance", "loras", "enhance_prompt")
+# Inpainting's output has its image's size: it takes no size settings, and a strength.
+SIZE_NAMES = ("aspect_ratio", "resolution", "custom_size", "width", "height")
+INPAINT_SETTING_NAMES = ("prompt", "strength", *(n for n in SETTING_NAMES if n not in SIZE_NAMES and n != "prompt"))
 
 
 class Cancellations:
@@ -47,13 +50,17 @@ class Cancellations:
                 del self._events[session]
 
 
-def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: str, resolution: str, seed: Any,
-                          randomize_seed: bool, output_format: str, custom_size: bool, width: Any, height: Any,
-                          steps: Any, guidance: Any, safety_tolerance: Any, *, distilled: bool,
-                          limits: Limits) -> GenerationRequest:
+def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: str = presets.MATCH_INPUT,
+                          resolution: str = "1k", seed: Any = None, randomize_seed: bool = False,
+                          output_format: str = presets.DEFAULT_OUTPUT_FORMAT, custom_size: bool | None = False,
+                          width: Any = None, height: Any = None, steps: Any = None, guidance: Any = None,
+                          safety_tolerance: Any = presets.DEFAULT_SAFETY_TOLERANCE, loras: Any = None,
+                          enhance_prompt: bool | None = False, mask: Any = None, strength: Any = None, *,
+                          distilled: bool, limits: Limits) -> GenerationRequest:
     """The request a tab's control values describe (validated by GenerationRequest, naming the field).
 
     custom_size None (an API call that leaves it out) means a custom size when width or height is given.
+    The size settings default to the input's (inpainting takes none).
     """
     if custom_size is None:
         custom_size = width is not None or height is not None
@@ -69,6 +76,10 @@ def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: 
         guidance=float(guidance) if guidance is not None and not distilled else None,  # distilled: ignored
         output_format=output_format,
         safety_tolerance=whole_number(safety_tolerance),
+        loras=() if loras is None else loras,
+        enhance_prompt=False if enhance_prompt is None else enhance_prompt,
+        mask=mask,
+        strength=presets.STRENGTH.default if strength is None else strength,
         limits=limits,
     )
 
@@ -126,6 +137,10 @@ def settings_to_restore(settings: dict[str, Any], with_match_input: bool, max_st
     tolerance = _number(settings.get("safety_tolerance"))
     if tolerance is not None and SAFETY_TOLERANCE.minimum <= tolerance <= SAFETY_TOLERANCE.maximum:
         values["safety_tolerance"] = min(int(tolerance), max_tolerance)
+    strength = _number(settings.get("strength"))
+    if strength is not None and presets.STRENGTH.minimum <= strength <= presets.STRENGTH.maximum:
+        values["strength"] = strength
+    values["enhance_prompt"] = settings.get("enhance_prompt") is True
     return values
 
 
