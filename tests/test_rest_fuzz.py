@@ -22,8 +22,9 @@ ROUTES = [("/v1/generate", "POST"), ("/v1/ai/text-to-image/flux-2-klein", "POST"
           ("/v1/ai/text-to-image/flux-2-klein/{task_id}/images/{index}", "GET")]
 # A 422 for what no JSON Schema can say, so schema-valid data can get it: whether a string is a readable
 # image or mask (or a URL of a public host that serves one) and whether a mask fits its image, whether a
-# LoRA path names a usable adapter, what the moderation policy refuses, how many tokens the model's tokenizer makes of a prompt, and match_input's
-# need of a reference image (which the schema could require, but not that the image can be read).
+# LoRA path names a usable adapter, what the moderation policy refuses, how many tokens the model's
+# tokenizer makes of a prompt, and match_input's need of a reference image (which the schema could require,
+# but not that the image can be read).
 # Anything else refused is a schema bug.
 BEYOND_THE_SCHEMA = re.compile(r"((images|image_uris)(\[\d\])?|input_image(_\d)?|webhook_url|mask|"
                                r"loras\[\d\]\.(path|weight_name)): |"
