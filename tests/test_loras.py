@@ -239,6 +239,15 @@ def test_a_job_with_loras_is_plain_picklable_data(engine_):
     assert all(isinstance(lora.file, str) for lora in copy.loras)
 
 
+def test_a_transformer_with_fused_projections_refuses_loras(tiny_model, lora_dir, tmp_path):
+    """--fuse-qkv: the fused attention never calls the projections diffusers puts a LoRA's q/k/v on."""
+    fused = lora_engine(tiny_model, tmp_path, lora_dir, "tiny+fused-loras")
+    fused.model.pipe.transformer.fuse_qkv_projections()
+    with pytest.raises(InvalidRequest, match=r"^loras: this server fuses the attention projections \(--fuse-qkv\)"):
+        fused.check_request(GenerationRequest(prompt="fox", loras=[LoraSpec("a")]))
+    fused.check_request(GenerationRequest(prompt="fox", loras=[LoraSpec("a", 0.0)]))  # off: nothing to refuse
+
+
 def test_the_same_file_named_twice_is_refused(engine_):
     with pytest.raises(InvalidRequest, match=r"loras\[1\]\.path: 'a.safetensors' is the same file as loras\[0\]"):
         engine_.check_request(GenerationRequest(prompt="fox", loras=[LoraSpec("a"), LoraSpec("a.safetensors")]))

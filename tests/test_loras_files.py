@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from klein.config import Settings
 from klein.errors import InvalidRequest
 from klein.generation.loras import LoraLibrary
+from klein.output.encode import a1111_parameters, parse_a1111_parameters
 from klein.request import GenerationRequest, LoraSpec
 
 LORA = {"x.lora_A.weight": torch.zeros(4, 8), "x.lora_B.weight": torch.zeros(8, 4)}
@@ -217,6 +218,26 @@ def test_a_local_folder_wins_over_a_hub_id_of_the_same_name(folder, tmp_path):
     save_file(LORA, str(folder / "someone" / "klein-style.safetensors"))
     assert found(LoraLibrary(folder, hub_cache=tmp_path / "hub"), "someone/klein-style").label == \
         "someone/klein-style.safetensors"
+
+
+# -- the metadata's parameters text ---------------------------------------------------------------------
+
+def test_lora_tags_round_trip_through_the_parameters_text():
+    loras = [{"path": "styles/ink.safetensors", "scale": 0.8}, {"path": "someone/klein-style", "scale": -1.0},
+             {"path": "https://huggingface.co/o/n/resolve/0a1b/f.safetensors", "scale": 1.25}]
+    text = a1111_parameters({"prompt": "a fox: <red>", "seed": 1, "steps": 4, "width": 64, "height": 64,
+                             "loras": loras})
+    assert text.splitlines()[0] == ("a fox: <red> <lora:styles/ink:0.8> <lora:someone/klein-style:-1> "
+                                    "<lora:https://huggingface.co/o/n/resolve/0a1b/f.safetensors:1.25>")
+    parsed = parse_a1111_parameters(text)
+    assert parsed["prompt"] == "a fox: <red>" and parsed["seed"] == 1
+    assert parsed["loras"] == [{"path": "styles/ink", "scale": 0.8}, {"path": "someone/klein-style", "scale": -1.0},
+                               {"path": "https://huggingface.co/o/n/resolve/0a1b/f.safetensors", "scale": 1.25}]
+    assert "loras" not in parse_a1111_parameters("a fox\nSteps: 4, Seed: 1")
+
+
+def test_a_tag_name_finds_its_file_again(folder):
+    assert found(LoraLibrary(folder), "styles/pencil").label == "styles/pencil.safetensors"
 
 
 # -- settings --------------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ class Engine:
             seed=request.seed if request.seed is not None else presets.random_seed(),
             model_scale=self._model_scale,
             cfg=not spec.distilled and guidance > 1.0,
-            loras=self.loras.resolve(request.loras),  # found (downloaded once) here, before the lane
+            loras=self.loras.resolve(request.loras, self.model.pipe.transformer),  # found here, before the lane
             mask=request.mask,
             strength=float(request.strength),
         )

@@ -90,8 +90,11 @@ class LoraLibrary:
                 found.append(LoraInfo(name, path, path.stat().st_size))
         return found
 
-    def resolve(self, specs: tuple[LoraSpec, ...]) -> tuple[ActiveLora, ...]:
-        """The request's LoRAs that apply (scale 0 is off: not even looked up), found and checked."""
+    def resolve(self, specs: tuple[LoraSpec, ...], transformer=None) -> tuple[ActiveLora, ...]:
+        """The request's LoRAs that apply (scale 0 is off: not even looked up), found and checked; with the
+        `transformer` they are for, also that it can take them."""
+        if transformer is not None and any(spec.scale != 0 for spec in specs):
+            check_unfused(transformer)
         found: dict[str, ActiveLora] = {}
         for index, spec in enumerate(specs):
             if spec.scale == 0:
@@ -185,6 +188,14 @@ class LoraLibrary:
             return "; the LoRA folder is empty"
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         return f"; the LoRA folder has {shown}"
+
+
+def check_unfused(transformer) -> None:
+    """Refuse LoRAs on a transformer whose attention runs fused q/k/v projections (--fuse-qkv): diffusers
+    would put a LoRA's q/k/v weights on the separate projections, which the fused attention never calls."""
+    if any(getattr(module, "fused_projections", False) for module in transformer.modules()):
+        raise InvalidRequest("loras", "this server fuses the attention projections (--fuse-qkv), where a LoRA's "
+                             "q/k/v weights would not apply; LoRAs need it to run without --fuse-qkv")
 
 
 def read_header_keys(file: Path, field: str, label: str) -> list[str]:

@@ -7,7 +7,8 @@ encoding can cost more than a GPU generation.
 LoRAs: the JSON record has `"loras": [{"path": ..., "scale": ...}]` (the request's shape; each path
 names the adapter again: its path in the LoRA folder or its hub id), present only when LoRAs were
 applied. The parameters text appends `<lora:NAME:SCALE>` to the prompt, as A1111 does, NAME being the
-path without ".safetensors"; parse_a1111_parameters takes the tags back out into the same list.
+path without ".safetensors" (a URL whole); parse_a1111_parameters takes the tags back out into the same
+list, and each NAME resolves to the same adapter again.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 
 
 def lora_tag(lora: dict[str, Any]) -> str:
-    """`<lora:NAME:SCALE>` for one {"path", "scale"} entry (NAME: the path without .safetensors)."""
-    return f"<lora:{lora['path'].removesuffix(LORA_SUFFIX)}:{lora['scale']:g}>"
+    """`<lora:NAME:SCALE>` for one {"path", "scale"} entry (NAME: the path without .safetensors; a URL whole)."""
+    path = lora["path"]
+    return f"<lora:{path if '://' in path else path.removesuffix(LORA_SUFFIX)}:{lora['scale']:g}>"
 
 
 def parse_lora_tags(prompt: str) -> tuple[str, list[dict[str, Any]]]:
