@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=8, help="requests sent at once for the throughput")
     parser.add_argument("--size", type=int, default=512, help="width and height (a multiple of 16)")
     args = parser.parse_args()
+    args.load_before = os.getloadavg()[0]
 
     import torch
 
@@ -65,15 +66,17 @@ def report(hop: dict[str, list[float]], walls: dict[int, list[tuple[float, int]]
     print(f"| **the worker hop adds** | **{median['total'] - median['local']:.0f}** | | |")
     print(f"\n{args.concurrent} concurrent requests sent at once; median of {args.rounds} rounds, 1 and 2 workers "
           "in turns:\n")
-    print("| workers | wall s | images/s | vs 1 worker | workers used |\n|---:|---:|---:|---:|---:|")
+    print("| workers | wall s | images/s | vs 1 worker | workers used |\n|---|---:|---:|---:|---:|")
     wall = {count: statistics.median(w for w, _ in runs) for count, runs in walls.items()}
     for count, runs in walls.items():
-        used = min(u for _, u in runs)
-        print(f"| {count} | {wall[count]:.2f} | {args.concurrent / wall[count]:.2f} | {wall[1] / wall[count]:.2f}x "
+        used = min(u for _, u in runs) if count else "-"
+        name = f"{count}" if count else "none: one process (Engine, one lane)"
+        print(f"| {name} | {wall[count]:.2f} | {args.concurrent / wall[count]:.2f} | {wall[1] / wall[count]:.2f}x "
               f"| {used} |")
     ratio = wall[1] / wall[2]
     print(f"\n2 workers / 1 worker throughput: {ratio:.2f}x (target >= {TARGET}x: "
-          f"{'met' if ratio >= TARGET else 'NOT met'})")
+          f"{'met' if ratio >= TARGET else 'NOT met'}); load average at start and end: "
+          f"{args.load_before:.1f}, {os.getloadavg()[0]:.1f} (other work on this machine lowers the ratio)")
 
 
 def run_workers(local, settings, work: Path, args) -> tuple[dict[str, list[float]], dict[int, list]]:
@@ -89,9 +92,9 @@ def run_workers(local, settings, work: Path, args) -> tuple[dict[str, list[float
                                             app=f"klein-{count}w")
             engines[count] = WorkerEngine(handle, settings, handle.describe.remote().result(), count)
         hop = interleaved(local, engines[1], args.runs, args.size)
-        walls: dict[int, list] = {1: [], 2: []}
+        walls: dict[int, list] = {0: [], 1: [], 2: []}  # 0: one process, for comparison
         for _ in range(args.rounds):
-            for count, engine in engines.items():
+            for count, engine in ((0, local), *engines.items()):
                 walls[count].append(throughput(engine, args.concurrent, args.size))
         return hop, walls
     finally:
@@ -121,7 +124,7 @@ def throughput(engine, count: int, size: int) -> tuple[float, int]:
     """Seconds for `count` requests sent at once (each in its thread, as Gradio and REST do), and how many
     workers made them. Every worker is warmed first, so no one pays its first call inside the timing."""
     warm = [threading.Thread(target=engine.generate, args=(request(99, size),), kwargs={"keep_file": False})
-            for _ in range(engine.replicas)]
+            for _ in range(getattr(engine, "replicas", 1))]
     for thread in warm:
         thread.start()
     for thread in warm:

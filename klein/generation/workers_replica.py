@@ -139,14 +139,17 @@ class KleinWorker:
         try:
             while not job.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()  # an event it had not taken stays queued for the next turn
                 if getter.done():
                     yield getter.result()
-                else:
-                    getter.cancel()
         except (asyncio.CancelledError, GeneratorExit):
             cancel.set()  # the Engine stops at its next step; keep the replica busy until it has
             await asyncio.wait({job})
+            job.exception()  # GenerationCancelled, expected: taken, so asyncio does not log it as lost
             log.info("%s: generation cancelled by the front", self.name)
             raise
         yield self._outcome(job, started)
