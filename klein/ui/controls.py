@@ -122,7 +122,8 @@ def workflow_tab(endpoint: Endpoint, reference: ReferenceInput, spec: ModelSpec,
                 resolution = gr.Dropdown(list(presets.RESOLUTIONS), value="1k", label="Resolution",
                                          allow_custom_value=True, min_width=90, visible=sized)
                 output_format = gr.Dropdown(list(presets.OUTPUT_FORMATS), value=presets.DEFAULT_OUTPUT_FORMAT,
-                                            label="Format", allow_custom_value=True, min_width=90)
+                                            label="Format", allow_custom_value=True, min_width=90,
+                                            elem_id=f"{workflow}-format")
             with gr.Row():
                 seed = whole_number_input("seed", label="Seed", value=0, elem_id=f"{workflow}-seed")
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=True, elem_id=f"{workflow}-randomize")
