@@ -37,6 +37,7 @@ def test_picking_a_lora_applies_it_and_load_settings_restores_it(page, tmp_path)
     pick_lora(page, "text_to_image")
     generate(page, "text_to_image", "an ink fox")
     assert f"LoRA {APP_LORA} ×1" in page.inner_text("#text_to_image-info")
+    page.screenshot(path=str(SCREENSHOTS / "lora.png"), full_page=True)
     made = tmp_path / "made.jpg"
     made.write_bytes(page.request.get(page.get_attribute("#text_to_image-result img", "src")).body())
     choose_in(page, "#text_to_image-lora-0-file", "none")
