@@ -142,3 +142,11 @@ def test_nothing_painted_is_an_error_naming_the_mask(page):
     page.fill("#inpaint-prompt textarea", "a handle")
     page.click("#inpaint-generate")
     page.get_by_text("mask: nothing is painted").first.wait_for()
+
+
+def test_a_typed_lora_path_wins_over_the_menu_and_a_missing_one_names_the_field(page):
+    pick_lora(page, "text_to_image")
+    page.fill("#text_to_image-lora-0-path input", "nobody/no-such-lora")
+    page.fill("#text_to_image-prompt textarea", "a fox")
+    page.click("#text_to_image-generate")
+    page.get_by_text("loras[0].path").first.wait_for()
