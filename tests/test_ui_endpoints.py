@@ -28,7 +28,7 @@ def recording_handler(calls: list):
 def test_signature_and_docs_come_from_the_settings_and_the_table(endpoint):
     fn = make_endpoint(endpoint, BASE, recording_handler([]))
     names = list(inspect.signature(fn).parameters)
-    reference = [endpoint.reference] if endpoint.reference else []
+    assert names[:1] == [endpoint.reference or "prompt"]
     assert names == list(endpoint.parameters) + ["progress", "request"]
     settings = SETTING_NAMES if endpoint.api_name != "inpaint" else INPAINT_SETTING_NAMES
     assert [n for n in names if n in SETTING_NAMES or n == "strength"] == list(settings)
