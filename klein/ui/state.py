@@ -21,7 +21,7 @@ HISTORY_LIMIT = 48
 # The settings every workflow endpoint takes after its reference image(s), in API order. The endpoint
 # signatures (endpoints.py) and the tab's controls (controls.TabControls) are both built from it.
 SETTING_NAMES = ("prompt", "aspect_ratio", "resolution", "seed", "randomize_seed", "output_format", "custom_size",
-                 "width", "height", "steps", "guidance", "safety_tolerance", "loras", "enhance_prompt")
+                 "width", "height", "steps", "guidance", "loras", "enhance_prompt", "safety_tolerance")
 # Inpainting's output has its image's size: it takes no size settings, and a strength.
 SIZE_NAMES = ("aspect_ratio", "resolution", "custom_size", "width", "height")
 INPAINT_SETTING_NAMES = ("prompt", "strength", *(n for n in SETTING_NAMES if n not in SIZE_NAMES and n != "prompt"))
