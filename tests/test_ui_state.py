@@ -58,6 +58,8 @@ def test_recorded_loras_fill_the_picker_rows_this_server_can_offer():
     assert rows == [("ink.safetensors", "", 0.8), ("", "owner/style", 4.0), ("styles/wood.safetensors", "", -0.5)]
     assert missing == ["gone/old.safetensors"]  # neither in the folder nor a hub id
     assert lora_rows(None, [])[0] == [("", "", 1.0)] * 3  # nothing recorded: the rows are emptied
+    # an A1111 <lora:ink:0.5> tag names the file without its extension
+    assert lora_rows([{"path": "ink", "scale": 0.5}], ["ink.safetensors"])[0][0] == ("ink.safetensors", "", 0.5)
 
 
 def test_match_input_only_where_the_tab_has_references():
