@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray import exceptions as ray_errors
-from ray.serve.exceptions import BackPressureError, RequestCancelledError
-
 from .. import presets
 from ..config import TINY_MODELS, ModelSpec, Settings
 from ..errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, QueueFull
@@ -34,6 +31,7 @@ from ..safety.policy import Moderator
 from . import workers_cluster
 from .engine import GenerationResult
 from .job import ProgressCallback
+from .workers_cluster import BackPressureError, RequestCancelledError, ray_errors
 from .workers_replica import ERROR, PROGRESS, RESULT, STARTED, error_from_event, payload_for
 
 log = logging.getLogger(__name__)

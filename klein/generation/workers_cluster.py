@@ -1,5 +1,6 @@
 """Ray and Ray Serve for the workers: start a local Ray instance or join a cluster, deploy one replica
-per GPU, and take it all down again. Imported only when --workers or --ray-address is given."""
+per GPU, and take it all down again. Imported only when --workers or --ray-address is given, and the
+one place that imports Ray for the front (workers.py takes Ray's error types from here)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-from ray import serve
+# Read by Ray Serve when it is imported, so set first. While every worker is busy, a waiting request asks
+# again after a backoff that grows to 0.5 s by default: a worker could sit idle that long between two
+# images. 50 ms costs at most 2 x workers queue-length probes per 50 ms.
+os.environ.setdefault("RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S", "0.05")
+
+import ray  # noqa: E402
+from ray import exceptions as ray_errors  # noqa: E402, F401 - for workers.py
+from ray import serve  # noqa: E402
+from ray.serve.exceptions import BackPressureError, RequestCancelledError  # noqa: E402, F401 - for workers.py
 
 from ..config import Settings
 from ..errors import ModelLoadError
