@@ -62,7 +62,7 @@ def test_edits_use_the_editing_system_message(engine, monkeypatch):
     from conftest import make_image
 
     calls = []
-    monkeypatch.setattr(engine_module, "enhance_prompt", lambda key, prompt, seed, editing, tokens: calls.append(
+    monkeypatch.setattr(engine_module, "enhance_prompt", lambda key, prompt, seed, editing, tokens, stop: calls.append(
         (prompt, seed, editing)) or prompt + ", detailed")
     generate(engine, enhance_prompt=True)
     generate(engine, enhance_prompt=True, images=(make_image(),), seed=9)
@@ -76,3 +76,31 @@ def test_enhance_prompt_must_be_a_bool():
 
     with pytest.raises(InvalidRequest, match="^enhance_prompt: must be true or false"):
         GenerationRequest(prompt="x", enhance_prompt="yes")
+
+
+def test_cancel_stops_the_rewrite_between_tokens(tiny_model):
+    from klein.errors import GenerationCancelled
+    from klein.generation.enhance import enhance_prompt
+
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if len(calls) == 3:
+            raise GenerationCancelled("Generation cancelled.")
+
+    with pytest.raises(GenerationCancelled):
+        enhance_prompt(tiny_model.key, "a lighthouse", 1, False, 200, stop)
+    assert len(calls) == 3  # three tokens, not two hundred
+
+
+def test_a_failing_rewrite_is_a_generation_error_without_internals(engine, monkeypatch):
+    from klein.errors import GenerationError
+
+    def broken(*args):
+        raise RuntimeError("CUDA error: device-side assert at /secret/path")
+
+    monkeypatch.setattr(engine_module, "enhance_prompt", broken)
+    with pytest.raises(GenerationError, match=r"^Prompt enhancement failed \(RuntimeError\); the server log") as info:
+        generate(engine, enhance_prompt=True)
+    assert "/secret/path" not in str(info.value)

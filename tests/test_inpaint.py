@@ -79,12 +79,16 @@ def test_references_condition_the_painted_area(engine, picture):
 
 
 def test_progress_counts_the_steps_strength_leaves(engine, picture):
-    calls = []
-    request = GenerationRequest(prompt="x", images=(picture,), mask=box_mask(), strength=0.5, steps=4, seed=1)
-    engine.generate(request, progress=lambda step, total: calls.append((step, total)), keep_file=False)
-    assert calls == [(1, 2), (2, 2)]
-    with pytest.raises(InvalidRequest, match="^strength: 0.1 with 4 steps leaves no step to run"):
-        engine.generate(GenerationRequest(prompt="x", images=(picture,), mask=box_mask(), strength=0.1, steps=4))
+    from klein.generation.inpaint import inpaint_pipeline
+
+    for strength, steps in ((0.5, 2), (0.3, 2), (0.1, 1), (0.9, 4)):  # as diffusers' get_timesteps counts
+        calls = []
+        request = GenerationRequest(prompt="x", images=(picture,), mask=box_mask(), strength=strength, steps=4, seed=1)
+        engine.generate(request, progress=lambda step, total: calls.append((step, total)), keep_file=False)
+        assert calls == [(i, steps) for i in range(1, steps + 1)], strength
+        assert inpaint_pipeline(engine.model).num_timesteps == steps  # what the pipeline itself ran
+    with pytest.raises(InvalidRequest, match="^strength: 0 with 4 steps leaves no step to run"):
+        engine.generate(GenerationRequest(prompt="x", images=(picture,), mask=box_mask(), strength=0.0, steps=4))
 
 
 def test_metadata_says_inpaint_and_strength(engine, picture):

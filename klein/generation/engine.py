@@ -10,6 +10,7 @@ from __future__ import annotations
 import spaces  # noqa: F401 - on ZeroGPU Spaces it must be imported before torch touches CUDA
 # isort: on
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -196,7 +197,7 @@ class Engine:
             raise GenerationTimeout("Waited for the GPU longer than the time limit; try again later.")
         try:
             stop()  # cancelled while waiting, or the deadline passed just now
-            job, enhance_ms = self._enhance(job, request, tolerance)
+            job, enhance_ms = self._enhance(job, request, tolerance, stop)
             image, timings = self._run(job, _StepHook(progress, stop))
             if request.enhance_prompt:
                 timings = {"enhance_prompt": enhance_ms, **timings}
@@ -280,14 +281,17 @@ class Engine:
                 f"of prompt ({len(prompt)} characters given). Shorten it.",
             )
 
-    def _enhance(self, job: Job, request: GenerationRequest, tolerance: int) -> tuple[Job, float]:
+    def _enhance(self, job: Job, request: GenerationRequest, tolerance: int, stop: "_StopCheck") -> tuple[Job, float]:
         """The job with its prompt rewritten by the text encoder, when asked; the rewrite is moderated
-        like any prompt. Runs in the lane: it uses the model."""
+        like any prompt. Runs in the lane: it uses the model. Cancel and the deadline stop it between tokens
+        (not on ZeroGPU, where no callback reaches the worker)."""
         if not request.enhance_prompt:
             return job, 0.0
         t0 = time.perf_counter()
         editing = request.workflow is not Workflow.TEXT_TO_IMAGE
-        rewrite = enhance_prompt(self.model.key, request.prompt, job.seed, editing, self.enhance_max_tokens)
+        with self._mapped_errors("Prompt enhancement failed"):
+            rewrite = enhance_prompt(self.model.key, request.prompt, job.seed, editing, self.enhance_max_tokens,
+                                     None if on_zero_gpu() else stop)
         self.moderator.check_prompt(rewrite, tolerance)
         return dataclasses.replace(job, prompt=rewrite), ms_since(t0, self.model.device)
 
@@ -313,28 +317,35 @@ class Engine:
             strength=float(request.strength),
         )
         if job.denoising_steps < 1:
-            raise InvalidRequest("strength", f"{job.strength:g} with {job.steps} steps leaves no step to run; "
-                                 f"raise it to at least {1 / job.steps:g} or raise the steps")
+            raise InvalidRequest("strength", f"{job.strength:g} with {job.steps} steps leaves no step to run: "
+                                 "it would repaint nothing; raise it above 0 (1 repaints the masked area anew)")
         if on_zero_gpu():
             check_gpu_time(job)
         return job
 
     def _run(self, job: Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
-        try:
+        out_of_memory = (f"Out of memory generating {job.width}x{job.height}; try a smaller size or fewer "
+                         "reference images.")
+        with self._mapped_errors("Generation failed", out_of_memory):
             # Callbacks do not pickle into a ZeroGPU worker: there the UI shows no step progress, and
             # Cancel or the deadline stop a job only before it reaches the GPU.
             return run_job(job, None if on_zero_gpu() else on_step)
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, failed: str, out_of_memory: str = "Out of memory; try again with a smaller request."):
+        """A KleinError passes; out of memory frees the cache and says what to lower; anything else is logged
+        and becomes a GenerationError without internals."""
+        try:
+            yield
         except KleinError:
             raise
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise GenerationError(
-                f"Out of memory generating {job.width}x{job.height}; try a smaller size or fewer reference images."
-            ) from None
+            raise GenerationError(out_of_memory) from None
         except Exception as exc:
-            log.exception("generation failed")
-            raise GenerationError(f"Generation failed ({type(exc).__name__}); the server log has the details.") from exc
+            log.exception("%s", failed)
+            raise GenerationError(f"{failed} ({type(exc).__name__}); the server log has the details.") from exc
 
 
 class _StopCheck:

@@ -47,8 +47,9 @@ def generation_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def inpaint_steps(steps: int, strength: float) -> int:
-    """Denoising steps that run: diffusers starts part-way for strength < 1."""
-    return min(int(steps * strength), steps)
+    """Denoising steps that run, as diffusers' get_timesteps counts them: it starts part-way for strength < 1."""
+    skipped = int(max(steps - min(steps * strength, steps), 0))
+    return steps - skipped
 
 
 def run_inpaint(model: LoadedModel, job, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,

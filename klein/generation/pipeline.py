@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import Flux2KleinPipeline
 
-from ..config import MODELS, TINY, TINY_MODELS, ModelSpec
+from ..config import MODELS, TINY, TINY_MODELS, ModelSpec, on_zero_gpu
 from ..errors import ModelLoadError
 from . import tiny
 from .memory import activation_bytes, apply_offload, choose_offload, free_gpu_bytes, measure_need
@@ -193,7 +193,7 @@ def _transformer_hidden(source: str) -> int:
 def _load_onto(source: str, dtype: torch.dtype, device: str) -> Flux2KleinPipeline:
     """Load straight onto the device where diffusers can (each weight read once, into its place), not
     into host RAM first and copied over."""
-    if device in ("cpu", "cuda", "mps"):
+    if device in ("cpu", "cuda", "mps") and not on_zero_gpu():  # ZeroGPU attaches CUDA per call: .to() there
         try:
             return Flux2KleinPipeline.from_pretrained(source, dtype=dtype, device_map=device)
         except ValueError as exc:  # a device_map this diffusers does not offer here

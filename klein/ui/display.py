@@ -66,4 +66,7 @@ def model_banner(engine: Engine) -> str:
     text = f"Model **{model.spec.name}** on {model.device} ({str(model.dtype).removeprefix('torch.')})"
     if engine.model_reason:
         text += f" — {engine.model_reason}"
+    offload = getattr(model, "offload", "none")  # a worker-backed front has no pipeline of its own
+    if offload != "none":
+        text += f"; offload **{offload}** ({model.offload_reason})"
     return text + ("\n\n" + TINY_NOTICE if model.is_tiny else "")
