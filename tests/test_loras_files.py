@@ -180,6 +180,26 @@ def test_a_hub_lora_offline_and_not_cached_is_a_clear_422(folder, tmp_path):
     assert "not in the Hugging Face cache" in error
 
 
+def test_a_hub_lora_too_large_is_refused_before_downloading_and_without_the_servers_token(folder, tmp_path,
+                                                                                          monkeypatch):
+    """A stub of the hub's file listing (no network here) says the file is 3 GiB: refused, nothing fetched."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    from klein.generation import hub
+
+    asked, downloads = [], []
+    monkeypatch.setattr(HfApi, "get_paths_info", lambda self, repo, paths, revision=None, token=None: asked.append(
+        token) or [SimpleNamespace(size=3 * 1024**3)])
+    real_download = hub.hf_hub_download
+    monkeypatch.setattr(hub, "hf_hub_download", lambda *args, **kwargs: kwargs.get("local_files_only") and
+                        real_download(*args, **kwargs) or downloads.append(kwargs))
+    error = str(refused(LoraLibrary(folder, hub_cache=tmp_path / "hub"), "someone/huge", "big.safetensors"))
+    assert "is 3.0 GiB; LoRAs fetched for a request may be at most 2 GiB" in error
+    assert asked == [False] and downloads == []  # anonymous, and never downloaded
+
+
 def fake_hub_cache(cache, repo: str, files: list[str], commit: str = "a" * 40):
     """The layout huggingface_hub leaves after a download: refs/main and a snapshot per commit."""
     base = cache / f"models--{repo.replace('/', '--')}"

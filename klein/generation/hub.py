@@ -23,6 +23,7 @@ from ..errors import InvalidRequest
 log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights
+MAX_LORA_BYTES = 2 * 1024**3  # a klein 9B LoRA at rank 128 is under 1 GiB
 
 
 def download_lora(repo: str, weight_name: str | None, revision: str, cache_dir: Path | None, field: str) -> str:
@@ -35,14 +36,17 @@ def download_lora(repo: str, weight_name: str | None, revision: str, cache_dir: 
     try:
         if weight_name is None:
             weight_name = choose_file(_safetensors_files(repo, revision, cache_dir), None, where, field)
-        path = hf_hub_download(repo, weight_name, revision=revision, cache_dir=cache_dir)
+        path = _cached(repo, weight_name, revision, cache_dir)
+        if path is None:
+            _check_size(repo, weight_name, revision, where, field)
+            path = hf_hub_download(repo, weight_name, revision=revision, cache_dir=cache_dir, token=False)
     except InvalidRequest:
         raise
     except LocalEntryNotFoundError:
         raise _unreachable(repo, field) from None
     except (RepositoryNotFoundError, GatedRepoError, HFValidationError):
-        raise InvalidRequest(field, f"{where} was not found (or is private or gated: log the server in with "
-                             "`hf auth login` and accept the model's terms)") from None
+        raise InvalidRequest(field, f"{where} was not found, or is private or gated: LoRAs named by a request are "
+                             "fetched without the server's token; put such a file in the LoRA folder") from None
     except RevisionNotFoundError:
         raise InvalidRequest(field, f"{where} has no revision {revision!r}") from None
     except EntryNotFoundError:
@@ -55,10 +59,30 @@ def download_lora(repo: str, weight_name: str | None, revision: str, cache_dir: 
     return path
 
 
+def _cached(repo: str, weight_name: str, revision: str, cache_dir: Path | None) -> str | None:
+    """The file's path when an earlier download left it in the cache (no network), else None."""
+    try:
+        return hf_hub_download(repo, weight_name, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        return None
+
+
+def _check_size(repo: str, weight_name: str, revision: str, where: str, field: str) -> None:
+    """Refuse, before downloading, a file over MAX_LORA_BYTES: a request must not be able to fill the disk."""
+    [info] = HfApi().get_paths_info(repo, [weight_name], revision=revision, token=False) or [None]
+    size = getattr(info, "size", None)
+    if size is None:
+        raise InvalidRequest(field, f"{where} has no file {weight_name!r}")
+    if size > MAX_LORA_BYTES:
+        raise InvalidRequest(field, f"{where}'s {weight_name!r} is {size / 2**30:.1f} GiB; LoRAs fetched for a "
+                             f"request may be at most {MAX_LORA_BYTES / 2**30:.0f} GiB (put a larger one in the "
+                             "LoRA folder)")
+
+
 def _safetensors_files(repo: str, revision: str, cache_dir: Path | None) -> list[str]:
     """The repository's .safetensors files: from the hub, or from the cache when the hub cannot be reached."""
     try:
-        files = HfApi().list_repo_files(repo, revision=revision)
+        files = HfApi().list_repo_files(repo, revision=revision, token=False)
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, HFValidationError):
         raise
     except (OSError, HfHubHTTPError, httpx2.HTTPError) as exc:  # offline (a ConnectionError), or the network failed
