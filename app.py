@@ -90,10 +90,14 @@ def check_port(host: str, port: int) -> None:
     """Refuse a port that is taken, or a --host that is not this machine's, in one line naming the flag."""
     if port == 0:
         return
-    with socket.socket() as probe:
+    try:
+        family, _type, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host}: not an address or a name this machine can resolve ({exc.strerror})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # IPv6 hosts such as :: too
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ValueError(f"--port {port}: port {port} on {host} is in use (another Klein Studio?); "

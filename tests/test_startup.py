@@ -56,3 +56,22 @@ def test_the_banner_names_the_share_flag(app_url, app_log_path):
     assert "* To create a public link, run with --share" in text
     assert "share=True" not in text and "launch()" not in text
     assert f"* Running on local URL:  {app_url.rstrip('/')}" in text
+
+
+def test_ipv6_hosts_are_probed_as_ipv6():
+    import pytest
+
+    from app import check_port
+
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6 stack")  # the IPv4 paths above still run
+    check_port("::1", 0)  # port 0: nothing to check
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError:
+            pytest.skip("::1 is not configured here")
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"^--port {port}: port {port} on ::1 is in use"):
+            check_port("::1", port)
