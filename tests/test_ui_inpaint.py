@@ -46,10 +46,20 @@ def test_nothing_to_work_on_names_the_field(value, message):
 
 
 def test_a_mask_file_of_another_size_names_the_mask(tmp_path):
-    path = tmp_path / "small.png"
-    Image.new("L", (32, 32), 255).save(path)
-    with pytest.raises(gr.Error, match="mask: is 32x32; it must be the image's size, 96x64"):
+    path = tmp_path / "other.png"
+    Image.new("L", (128, 128), 255).save(path)
+    with pytest.raises(gr.Error, match="mask: is 128x128; it must be the image's size, 96x64"):
         editor_inputs(editor(strokes=[(0, 0, 4, 4)]), str(path))
+
+
+def test_a_mask_file_is_read_within_the_limits_and_colour_is_refused(tmp_path):
+    small, colour = tmp_path / "small.png", tmp_path / "colour.png"
+    Image.new("L", (32, 32), 255).save(small)
+    Image.new("RGB", (96, 64), (255, 0, 0)).save(colour)
+    with pytest.raises(gr.Error, match="mask: image is 32x32; each side must be at least 64 px"):
+        editor_inputs(editor(strokes=[(0, 0, 4, 4)]), str(small))
+    with pytest.raises(gr.Error, match="mask: is a colour image"):
+        editor_inputs(editor(strokes=[(0, 0, 4, 4)]), str(colour))
 
 
 def test_a_layer_of_another_size_is_scaled_to_the_image():

@@ -15,6 +15,8 @@ from PIL import Image
 
 from .. import presets
 from ..config import Limits, ModelSpec
+from ..errors import InvalidRequest
+from ..images import load_reference
 from .controls import TabControls, workflow_tab
 from .endpoints import ENDPOINTS
 from .inputs import field_error, named_gallery, named_image
@@ -58,14 +60,17 @@ def editor_inputs(editor: dict | None, mask_file: str | None) -> tuple[Image.Ima
     background = (editor or {}).get("background")
     if background is None:
         raise field_error("image", "is missing; upload the image to paint on")
-    image = background.convert("RGB")
-    painted = painted_mask((editor or {}).get("layers"), image.size)
-    if painted is None and not mask_file:
-        raise field_error("mask", "nothing is painted; paint over the area to repaint, or give a mask file")
-    if painted is None:
-        return image, mask_file  # checked by the endpoint, as an API caller's is
-    if mask_file:
-        uploaded = Image.open(mask_file).convert("L")
+    try:  # the app's limits and its 1 MP rule, transparency on white, as for every other image
+        image = load_reference(background, "image")
+        painted = painted_mask((editor or {}).get("layers"), image.size)
+        if painted is None and not mask_file:
+            raise field_error("mask", "nothing is painted; paint over the area to repaint, or give a mask file")
+        if painted is None:
+            return image, mask_file  # checked by the endpoint, as an API caller's is
+        uploaded = load_reference(mask_file, "mask", mask=True) if mask_file else None  # colour refused here too
+    except InvalidRequest as exc:
+        raise field_error(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
+    if uploaded is not None:
         if uploaded.size != image.size:
             raise field_error("mask", f"is {uploaded.width}x{uploaded.height}; it must be the image's size, "
                               f"{image.width}x{image.height}")
