@@ -242,7 +242,9 @@ def test_a_job_with_loras_is_plain_picklable_data(engine_):
 def test_a_transformer_with_fused_projections_refuses_loras(tiny_model, lora_dir, tmp_path):
     """--fuse-qkv: the fused attention never calls the projections diffusers puts a LoRA's q/k/v on."""
     fused = lora_engine(tiny_model, tmp_path, lora_dir, "tiny+fused-loras")
-    fused.model.pipe.transformer.fuse_qkv_projections()
+    from klein.generation.pipeline import SpeedUps, apply_speed_ups
+
+    apply_speed_ups(fused.model.pipe, SpeedUps(fuse_qkv=True))  # as load_model does with --fuse-qkv
     with pytest.raises(InvalidRequest, match=r"^loras: this server fuses the attention projections \(--fuse-qkv\)"):
         fused.check_request(GenerationRequest(prompt="fox", loras=[LoraSpec("a")]))
     fused.check_request(GenerationRequest(prompt="fox", loras=[LoraSpec("a", 0.0)]))  # off: nothing to refuse

@@ -193,7 +193,10 @@ class LoraLibrary:
 def check_unfused(transformer) -> None:
     """Refuse LoRAs on a transformer whose attention runs fused q/k/v projections (--fuse-qkv): diffusers
     would put a LoRA's q/k/v weights on the separate projections, which the fused attention never calls."""
-    if any(getattr(module, "fused_projections", False) for module in transformer.modules()):
+    fused = getattr(transformer, "klein_fused_qkv", None)  # set at load: no walk over modules peft may be changing
+    if fused is None:
+        fused = any(getattr(module, "fused_projections", False) for module in transformer.modules())
+    if fused:
         raise InvalidRequest("loras", "this server fuses the attention projections (--fuse-qkv), where a LoRA's "
                              "q/k/v weights would not apply; LoRAs need it to run without --fuse-qkv")
 

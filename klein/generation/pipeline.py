@@ -124,6 +124,7 @@ def apply_speed_ups(pipe: Flux2KleinPipeline, speed_ups: SpeedUps) -> None:
     transformer = pipe.transformer
     if speed_ups.fuse_qkv:
         transformer.fuse_qkv_projections()
+    transformer.klein_fused_qkv = speed_ups.fuse_qkv  # read per LoRA request (loras.check_unfused)
     if speed_ups.attention_backend:
         try:
             transformer.set_attention_backend(speed_ups.attention_backend)
