@@ -29,24 +29,29 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MODEL_REFERENCE_AREA = 1024 * 1024  # Flux2KleinPipeline resizes larger reference images to this area
 
 
-def load_reference(source: ImageSource, field: str, limits: Limits = Limits(), mask: bool = False) -> Image.Image:
+def load_reference(source: ImageSource, field: str, limits: Limits = Limits(), mask: bool = False,
+                   full_size: bool = False) -> Image.Image:
     """Turn a PIL image, file path, raw bytes, base64 string or data URI into a checked RGB image (or,
-    with `mask`, a grayscale inpainting mask: white repaints, black keeps), shrunk as the model shrinks it.
+    with `mask`, a grayscale inpainting mask: white repaints, black keeps), shrunk as the model shrinks it
+    unless `full_size` (the image an inpaint paints on, and its mask: the result keeps the input's size).
 
     Args:
         source: the image in any of the accepted forms.
         field: the request field it came from, named in every error (e.g. "images[2]").
         limits: byte, pixel, side and aspect limits.
         mask: read it as a mask; a colour image is refused.
+        full_size: keep its size (still within `limits`).
     """
     if isinstance(source, Image.Image):
         _check_dimensions(source.size, field, limits)
-        return shrink_to_model_area(_to_mask(source, field) if mask else _to_rgb(source))
+        image = _to_mask(source, field) if mask else _to_rgb(source)
+        return image if full_size else shrink_to_model_area(image)
     data = _read_bytes(source, field, limits)
-    return decode_image_bytes(data, field, limits, mask)
+    return decode_image_bytes(data, field, limits, mask, full_size)
 
 
-def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits(), mask: bool = False) -> Image.Image:
+def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits(), mask: bool = False,
+                       full_size: bool = False) -> Image.Image:
     """Decode PNG/JPEG/WebP bytes after checking their size and the header's dimensions."""
     if len(data) > limits.max_image_bytes:
         raise InvalidRequest(field, f"image is {len(data):,} bytes; the limit is {limits.max_image_bytes:,} bytes")
@@ -67,7 +72,8 @@ def decode_image_bytes(data: bytes, field: str, limits: Limits = Limits(), mask:
             image.load()
         except Exception as exc:
             raise InvalidRequest(field, f"image data is corrupt or truncated ({type(exc).__name__})") from None
-        return shrink_to_model_area(_to_mask(image, field) if mask else _to_rgb(image))
+        image = _to_mask(image, field) if mask else _to_rgb(image)
+        return image if full_size else shrink_to_model_area(image)
 
 
 class PixelBudget:

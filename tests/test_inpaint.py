@@ -133,3 +133,18 @@ def test_masks_are_read_as_grayscale_and_colour_is_refused():
     assert mask.mode == "L" and mask.getpixel((0, 0)) == 0 and mask.getpixel((20, 20)) == 255
     gray = load_reference(Image.new("RGB", (80, 80), (128, 128, 128)), "mask", mask=True)
     assert gray.mode == "L" and gray.getpixel((5, 5)) == 128
+
+
+def test_an_input_over_a_megapixel_keeps_its_size_and_its_pixels(engine):
+    """The model paints at 1 MP at most; the result is scaled back and put onto the full-size input."""
+    from klein.generation.inpaint import generation_size
+
+    large = load_reference(ASSETS / "mountains.jpg", "image").resize((1440, 1080))  # 1.56 MP
+    box = (600, 400, 900, 700)
+    request = GenerationRequest(prompt="a red balloon", images=(load_reference(large, "image", full_size=True),),
+                                mask=box_mask(large.size, box), seed=7, steps=2, output_format="png")
+    result = engine.generate(request, keep_file=False)
+    pixels = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB")).astype(int)
+    assert pixels.shape == (1080, 1440, 3) and generation_size(large.size) == (1168, 880)
+    assert np.array_equal(outside(pixels, box, 16), outside(np.asarray(large).astype(int), box, 16))
+    assert load_reference(large, "image").size != large.size  # without full_size it would have been shrunk

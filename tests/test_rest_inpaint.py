@@ -232,3 +232,19 @@ def test_a_large_images_mask_of_another_size_names_the_sizes_as_sent(client):
     big = png(Image.new("RGB", (1600, 1000), (90, 120, 60)))
     response = inpaint(client, images=[b64(big)], mask=b64(box_mask(size=(800, 500))))
     assert response.json()["detail"].startswith("mask: is 800x500; it must be the image's size, 1600x1000")
+
+
+def test_an_image_over_a_megapixel_comes_back_at_its_own_size_with_its_pixels(client):
+    """The image painted on is not shrunk to 1 MP as references are: only the masked area changes."""
+    large = PICTURE.resize((1440, 1080))
+    box = (600, 400, 900, 700)
+    mask = Image.new("L", large.size, 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    response = inpaint(client, images=[b64(png(large))], mask=b64(png(mask)))
+    assert response.status_code == 200, response.text[:300]
+    body = response.json()
+    result = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert result.size == (1440, 1080) and (body["width"], body["height"]) == (1440, 1080)
+    keep = np.ones((1080, 1440), dtype=bool)
+    keep[400 - 16:700 + 17, 600 - 16:900 + 17] = False
+    assert np.array_equal(np.asarray(result.convert("RGB"))[keep], np.asarray(large)[keep])

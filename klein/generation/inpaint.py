@@ -9,12 +9,14 @@ output is the input, pixel for pixel.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from diffusers import Flux2KleinInpaintPipeline
 from PIL import Image, ImageFilter
 
+from ..images import MODEL_REFERENCE_AREA
 from ..presets import SIZE_MULTIPLE
 from .pipeline import LoadedModel
 
@@ -42,8 +44,10 @@ def inpaint_pipeline(model: LoadedModel) -> KleinInpaintPipeline:
 
 
 def generation_size(size: tuple[int, int]) -> tuple[int, int]:
-    """The size the model paints at: the image's, aligned down to whole 16-pixel patches."""
-    return tuple(max(SIZE_MULTIPLE, side // SIZE_MULTIPLE * SIZE_MULTIPLE) for side in size)
+    """The size the model paints at: the image's, at most 1 MP as diffusers takes an image (the result is
+    scaled back and composited onto the full-size input), aligned down to whole 16-pixel patches."""
+    scale = min(1.0, math.sqrt(MODEL_REFERENCE_AREA / (size[0] * size[1])))
+    return tuple(max(SIZE_MULTIPLE, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE) for side in size)
 
 
 def inpaint_steps(steps: int, strength: float) -> int:

@@ -151,8 +151,10 @@ class RestApi:
             field, refs = ("images", body.images) if body.images else ("image_uris", body.image_uris or [])
             check_reference_count(len(refs), field)
             named = [(f"{field}[{i}]", self._reference(v, f"{field}[{i}]")) for i, v in enumerate(refs)]
-        images = [load_reference(data, name, limits) for name, data in named]
         mask = uploads.mask if uploads.mask is not None else body.mask
+        # An inpaint's image keeps its size: outside the mask the result is the input, pixel for pixel.
+        images = [load_reference(data, name, limits, full_size=mask is not None and i == 0)
+                  for i, (name, data) in enumerate(named)]
         request = GenerationRequest(
             prompt=body.prompt, images=tuple(images), aspect_ratio=body.aspect_ratio, resolution=body.resolution,
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
@@ -177,7 +179,7 @@ class RestApi:
             raise InvalidRequest(image_field, "inpainting needs the image to paint on as well as the mask; send it "
                                  f"as the first of {image_field}")
         data = source if isinstance(source, bytes) else self._reference(source, "mask")
-        mask = load_reference(data, "mask", self.engine.limits, mask=True)
+        mask = load_reference(data, "mask", self.engine.limits, mask=True, full_size=True)
         mask_size, image_size = _sent_size(data), _sent_size(image)
         if mask_size != image_size:
             raise InvalidRequest("mask", f"is {mask_size[0]}x{mask_size[1]}; it must be the image's size, "
@@ -201,7 +203,8 @@ class RestApi:
         limits = self.engine.limits
         named = [(name, getattr(body, name)) for name in INPUT_FIELDS if getattr(body, name)]
         inputs = [self._reference(value, name) for name, value in named]
-        images = [load_reference(data, name, limits) for (name, _), data in zip(named, inputs)]
+        images = [load_reference(data, name, limits, full_size=body.mask is not None and name == "input_image")
+                  for (name, _), data in zip(named, inputs)]
         painted = inputs[0] if body.input_image else None  # inpainting paints on input_image itself
         mask_data, mask = self._mask(body.mask, painted, "input_image")
         params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",

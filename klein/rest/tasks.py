@@ -195,9 +195,10 @@ class TaskService:
 
     def _request_for(self, task: Task) -> GenerationRequest:
         limits = self.engine.limits
-        images = [load_reference(data, INPUT_FIELDS[i], limits) for i, data in enumerate(self.store.inputs(task.id))]
         mask = self.store.mask(task.id)
-        mask_image = load_reference(mask, "mask", limits, mask=True) if mask is not None else None
+        images = [load_reference(data, INPUT_FIELDS[i], limits, full_size=mask is not None and i == 0)
+                  for i, data in enumerate(self.store.inputs(task.id))]
+        mask_image = load_reference(mask, "mask", limits, mask=True, full_size=True) if mask is not None else None
         return GenerationRequest(images=tuple(images), mask=mask_image, limits=limits, **task.params)
 
     def _finish(self, task: Task, status: str, **fields: Any) -> None:

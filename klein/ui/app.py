@@ -80,8 +80,9 @@ def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str
             raise InvalidRequest("references", f"{len(paths)} reference images given, at most "
                                  f"{presets.MAX_REFERENCES - 1} besides the image painted on")
         references = tuple(load_reference(p, f"references[{i}]", limits) for i, p in enumerate(paths))
-        values["mask"] = load_reference(mask, "mask", limits, mask=True)
-        return run((load_reference(image, "image", limits), *references), values, progress, request)
+        values["mask"] = load_reference(mask, "mask", limits, mask=True, full_size=True)
+        image = load_reference(image, "image", limits, full_size=True)  # the result keeps the input's size
+        return run((image, *references), values, progress, request)
 
     handlers = {"text_to_image": text_to_image, "edit": edit, "multi_reference": multi_reference,
                 "inpaint": inpaint}

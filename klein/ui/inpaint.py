@@ -61,13 +61,13 @@ def editor_inputs(editor: dict | None, mask_file: str | None) -> tuple[Image.Ima
     if background is None:
         raise field_error("image", "is missing; upload the image to paint on")
     try:  # the app's limits and its 1 MP rule, transparency on white, as for every other image
-        image = load_reference(background, "image")
+        image = load_reference(background, "image", full_size=True)
         painted = painted_mask((editor or {}).get("layers"), image.size)
         if painted is None and not mask_file:
             raise field_error("mask", "nothing is painted; paint over the area to repaint, or give a mask file")
         if painted is None:
             return image, mask_file  # checked by the endpoint, as an API caller's is
-        uploaded = load_reference(mask_file, "mask", mask=True) if mask_file else None  # colour refused here too
+        uploaded = load_reference(mask_file, "mask", mask=True, full_size=True) if mask_file else None  # colour refused here too
     except InvalidRequest as exc:
         raise field_error(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
     if uploaded is not None:
