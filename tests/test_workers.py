@@ -35,11 +35,13 @@ def workers(cache_dir, tiny_model, tmp_path_factory):
     temp = tempfile.mkdtemp(prefix="kray-", dir="/tmp")
     settings = Settings(model="tiny", cache_dir=cache_dir, output_dir=tmp_path_factory.mktemp("worker-out"),
                         workers=2, queue_size=QUEUE)
-    engine = WorkerEngine.start(settings, threads=1, temp_dir=temp)
+    engine = None
     try:
+        engine = WorkerEngine.start(settings, threads=1, temp_dir=temp)
         yield engine
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         leftovers = _processes_mentioning(temp)
         shutil.rmtree(temp, ignore_errors=True)
         assert not leftovers, f"Ray processes still running after close: {leftovers}"

@@ -119,9 +119,12 @@ def for_workers(settings: Settings) -> Settings:
 
 
 def shutdown(cluster: Cluster) -> None:
-    """Remove the application; stop Ray too when this process started it."""
+    """Remove the application; stop Serve and Ray too when this process started them. Serve goes first:
+    its router thread in this process must stop calling into Ray before Ray's core is torn down."""
     try:
-        if not cluster.started_here:  # a local instance goes as a whole with ray.shutdown()
+        if cluster.started_here:
+            serve.shutdown()
+        else:
             serve.delete(APP)
     finally:
         ray.shutdown()
