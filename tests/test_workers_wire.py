@@ -113,6 +113,23 @@ def test_a_request_travels_as_plain_data_and_arrives_with_the_same_pixels():
         assert np.array_equal(np.asarray(before), np.asarray(after))
 
 
+def test_an_inpaint_travels_with_its_mask_as_png_and_its_image_whole():
+    from klein.generation.workers_replica import payload_for, request_from_payload
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (1080, 1440, 3), dtype=np.uint8))  # over 1 MP: not shrunk
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (100, 100, 400, 300))
+    sent = GenerationRequest("a balloon", images=(image,), mask=mask, strength=0.75, seed=3, enhance_prompt=True)
+    payload = pickle.loads(pickle.dumps(payload_for(sent, None)))
+    assert payload["mask"].startswith(b"\x89PNG")
+    assert not any(isinstance(v, Image.Image) for v in payload["fields"].values())
+    arrived = request_from_payload(payload, Settings().limits)
+    assert arrived.images[0].size == (1440, 1080) and np.array_equal(np.asarray(arrived.images[0]), np.asarray(image))
+    assert np.array_equal(np.asarray(arrived.mask), np.asarray(mask))
+    assert (arrived.strength, arrived.enhance_prompt, arrived.workflow.value) == (0.75, True, "inpaint")
+
+
 def test_a_broken_reference_is_refused_naming_its_field():
     from klein.generation.workers_replica import payload_for, request_from_payload
 

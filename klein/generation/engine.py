@@ -30,7 +30,7 @@ from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
 from .adapters import adapters_for
 from .enhance import MAX_NEW_TOKENS, enhance_prompt
-from .inpaint import generation_size
+from .inpaint import check_strength, generation_size
 from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .loras import LoraLibrary
 from .pipeline import LoadedModel, SpeedUps, first_line, load_model
@@ -316,9 +316,8 @@ class Engine:
             mask=request.mask,
             strength=float(request.strength),
         )
-        if job.denoising_steps < 1:
-            raise InvalidRequest("strength", f"{job.strength:g} with {job.steps} steps leaves no step to run: "
-                                 "it would repaint nothing; raise it above 0 (1 repaints the masked area anew)")
+        if job.mask is not None:
+            check_strength(job.steps, job.strength)
         if on_zero_gpu():
             check_gpu_time(job)
         return job

@@ -16,6 +16,7 @@ import torch
 from diffusers import Flux2KleinInpaintPipeline
 from PIL import Image, ImageFilter
 
+from ..errors import InvalidRequest
 from ..images import MODEL_REFERENCE_AREA
 from ..presets import SIZE_MULTIPLE
 from .pipeline import LoadedModel
@@ -54,6 +55,13 @@ def inpaint_steps(steps: int, strength: float) -> int:
     """Denoising steps that run, as diffusers' get_timesteps counts them: it starts part-way for strength < 1."""
     skipped = int(max(steps - min(steps * strength, steps), 0))
     return steps - skipped
+
+
+def check_strength(steps: int, strength: float) -> None:
+    """Refuse a strength that leaves no denoising step (it would repaint nothing), naming strength."""
+    if inpaint_steps(steps, strength) < 1:
+        raise InvalidRequest("strength", f"{strength:g} with {steps} steps leaves no step to run: it would "
+                             "repaint nothing; raise it above 0 (1 repaints the masked area anew)")
 
 
 def run_inpaint(model: LoadedModel, job, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,

@@ -30,6 +30,7 @@ from ..request import GenerationRequest
 from ..safety.policy import Moderator
 from . import workers_cluster
 from .engine import GenerationResult
+from .inpaint import check_strength
 from .job import ProgressCallback
 from .workers_cluster import BackPressureError, RequestCancelledError, ray_errors
 from .workers_replica import ERROR, PROGRESS, RESULT, STARTED, error_from_event, payload_for
@@ -138,6 +139,8 @@ class WorkerEngine:
             raise InvalidRequest("prompt", f"is {tokens} tokens long; {self.model.spec.name} reads at most "
                                  f"{self.prompt_token_limit} tokens of prompt ({len(request.prompt)} characters "
                                  "given). Shorten it.")
+        if request.mask is not None:  # as the engine's job would: a stored task that cannot run is refused now
+            check_strength(request.steps if request.steps is not None else self.model.spec.steps, request.strength)
         tolerance = self.moderator.effective_tolerance(request.safety_tolerance)
         self.moderator.check_prompt(request.prompt, tolerance)
         for index, image in enumerate(request.images):

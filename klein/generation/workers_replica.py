@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STARTED, PROGRESS, RESULT, ERROR = "started", "progress", "result", "error"
-NOT_SENT = ("images", "limits")  # references travel as bytes; limits are the worker's own Settings'
+NOT_SENT = ("images", "mask", "limits")  # images travel as bytes; limits are the worker's own Settings'
 ERROR_TYPES = {cls.__name__: cls for cls in (ContentModerated, GenerationCancelled, GenerationError,
                                              GenerationTimeout, ModelLoadError, QueueFull, RequestModerated)}
 
@@ -57,7 +57,9 @@ def payload_for(request: GenerationRequest, seconds_left: float | None) -> dict[
     """A request as plain data: its fields, its references as lossless PNG bytes (the same pixels reach
     the model as in one process), and the seconds left before its deadline (clocks differ by machine)."""
     fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in NOT_SENT}
-    return {"fields": fields, "images": [png_bytes(image) for image in request.images], "seconds_left": seconds_left}
+    mask = png_bytes(request.mask) if request.mask is not None else None
+    return {"fields": fields, "images": [png_bytes(image) for image in request.images], "mask": mask,
+            "seconds_left": seconds_left}
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -70,8 +72,12 @@ def request_from_payload(payload: dict[str, Any], limits: Limits) -> GenerationR
     """The worker's side of payload_for: decode the references (naming their fields) and validate."""
     images = payload["images"]
     names = ["image"] if len(images) == 1 else [f"images[{i}]" for i in range(len(images))]
-    decoded = tuple(decode_image_bytes(data, name, limits) for name, data in zip(names, images))
-    return GenerationRequest(images=decoded, limits=limits, **payload["fields"])
+    mask = payload.get("mask")
+    # An inpaint's image and mask keep their size (the front read them whole); references are shrunk as ever.
+    decoded = tuple(decode_image_bytes(data, name, limits, full_size=mask is not None and index == 0)
+                    for index, (name, data) in enumerate(zip(names, images)))
+    mask_image = decode_image_bytes(mask, "mask", limits, mask=True, full_size=True) if mask is not None else None
+    return GenerationRequest(images=decoded, mask=mask_image, limits=limits, **payload["fields"])
 
 
 def result_event(result: GenerationResult, worker_ms: float) -> dict[str, Any]:
