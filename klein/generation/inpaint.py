@@ -10,7 +10,7 @@ output is the input, pixel for pixel.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any
 
 import torch
 from diffusers import Flux2KleinInpaintPipeline
@@ -64,27 +64,15 @@ def check_strength(steps: int, strength: float) -> None:
                              "repaint nothing; raise it above 0 (1 repaints the masked area anew)")
 
 
-def run_inpaint(model: LoadedModel, job, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
-                generator: torch.Generator, on_step_end: Callable) -> torch.Tensor:
-    """Latents for `job` (images[0] the image, images[1:] references, job.mask the mask)."""
+def run_inpaint(model: LoadedModel, job, call: dict[str, Any]) -> torch.Tensor:
+    """Latents for `job` (images[0] the image, images[1:] references, job.mask the mask); `call` holds the
+    arguments every pipeline call takes (embeddings, size, steps, guidance, generator, step callback)."""
     pipe = inpaint_pipeline(model)
     size = (job.width, job.height)
     pipe.extra_references = [_preprocess_reference(pipe, image) for image in job.images[1:]]
     try:
-        return pipe(
-            image=job.images[0].resize(size, Image.Resampling.LANCZOS),
-            mask_image=job.mask.resize(size, Image.Resampling.LANCZOS),
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            height=job.height,
-            width=job.width,
-            strength=job.strength,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-        ).images
+        return pipe(image=job.images[0].resize(size, Image.Resampling.LANCZOS),
+                    mask_image=job.mask.resize(size, Image.Resampling.LANCZOS), strength=job.strength, **call).images
     finally:
         pipe.extra_references = []
 

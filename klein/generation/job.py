@@ -113,21 +113,13 @@ def run_job(job: Job, progress: ProgressCallback | None = None) -> tuple[Image.I
         return callback_kwargs
 
     t0 = time.perf_counter()
+    call = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, height=job.height,
+                width=job.width, num_inference_steps=job.steps, guidance_scale=job.guidance, generator=generator,
+                output_type="latent", callback_on_step_end=on_step_end)
     if job.mask is not None:
-        latents = run_inpaint(model, job, prompt_embeds, negative_embeds, generator, on_step_end)
+        latents = run_inpaint(model, job, call)
     else:
-        latents = pipe(
-            image=list(job.images) or None,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            height=job.height,
-            width=job.width,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-        ).images
+        latents = pipe(image=list(job.images) or None, **call).images
     timings["denoise"] = ms_since(t0, model.device)
 
     t0 = time.perf_counter()
