@@ -34,6 +34,10 @@ from ..presets import (
     STRENGTH,
 )
 
+# A character Python's str.strip() keeps, spelled out rather than as `\S`: a schema reader's \s (ECMA-262's,
+# or a generator's) need not count \x1c-\x1f and \x85 as spaces, and a prompt of "\x1c" is empty here.
+PYTHON_SPACES = r"\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_A_SPACE = f"[^{PYTHON_SPACES}]"
 V1_NAMES, V2_NAMES = ", ".join(ASPECT_PRESETS_V1), ", ".join(ASPECT_PRESETS_V2)
 INPUT_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 INTEGER_FIELDS = ("seed", "safety_tolerance", "width", "height")
@@ -193,7 +197,7 @@ def field_rules() -> dict[str, dict[str, Any]]:
     references = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_REFERENCES}
     prompt = PARAMETERS["prompt"]
     return {
-        "prompt": {"type": "string", "minLength": 1, "pattern": r"\S"}
+        "prompt": {"type": "string", "minLength": 1, "pattern": NOT_A_SPACE}
         | ({"maxLength": int(prompt.maximum)} if prompt.maximum else {}),
         "seed": _integer("seed"),
         "safety_tolerance": _integer("safety_tolerance"),
@@ -214,7 +218,8 @@ def field_rules() -> dict[str, dict[str, Any]]:
 
 def lora_rule() -> dict[str, Any]:
     """`loras` as GenerationRequest takes it (whether a path names an adapter is beyond any schema)."""
-    text = {"type": "string", "minLength": 1, "maxLength": MAX_LORA_PATH, "pattern": r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$"}
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_LORA_PATH,
+            "pattern": rf"^[^\x00-\x1f]*{NOT_A_SPACE}[^\x00-\x1f]*$"}
     return {"type": "array", "maxItems": int(LORAS.maximum), "items": {
         "type": "object", "additionalProperties": False, "required": ["path"], "properties": {
             "path": text,
