@@ -99,6 +99,12 @@ MAX_TOLERANCE = 5
 MAX_LORAS = 3  # adapters per request, as the hosted LoRA endpoints allow
 MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 4.0
 MAX_LORA_PATH = 1024  # characters of a LoRA's path or hub id
+MAX_NUM_IMAGES = 4  # images per request, as fal's klein endpoints allow
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of a batch's image `index`: seed + index, wrapping past SEED_MAX to 0."""
+    return (seed + index) % (SEED_MAX + 1)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,9 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "trained, 0 off, negative pushes away from it.", MIN_LORA_SCALE, MAX_LORA_SCALE),
     Parameter("strength", 1.0, "inpainting: how much of the masked area is repainted, 0..1; 1 (default) paints it "
               "anew, lower values keep more of what is there.", 0.0, 1.0),
+    Parameter("num_images", 1, f"how many images to make, 1..{MAX_NUM_IMAGES}: image i uses seed + i, so each "
+              "reproduces alone with its own seed; an image refused by moderation is left out and reported.",
+              1, MAX_NUM_IMAGES),
 )}
 SAFETY_TOLERANCE = PARAMETERS["safety_tolerance"]
 STEPS = PARAMETERS["steps"]
@@ -150,5 +159,6 @@ GUIDANCE = PARAMETERS["guidance"]
 LORAS = PARAMETERS["loras"]
 LORA_SCALE = PARAMETERS["lora_scale"]
 STRENGTH = PARAMETERS["strength"]
+NUM_IMAGES = PARAMETERS["num_images"]
 DEFAULT_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.default)
 MAX_SAFETY_TOLERANCE = int(SAFETY_TOLERANCE.maximum)

@@ -24,6 +24,7 @@ from .presets import (
     LORAS,
     MAX_LORA_PATH,
     MAX_REFERENCES,
+    NUM_IMAGES,
     OUTPUT_FORMATS,
     SAFETY_TOLERANCE,
     STEPS,
@@ -85,6 +86,7 @@ class GenerationRequest:
             images are references. The output has images[0]'s size.
         strength: inpainting: 0..1, how much of the masked area is repainted (1: all of it).
         enhance_prompt: rewrite the prompt with the model's text encoder first (generation/enhance.py).
+        num_images: 1..4 images; image i uses seed + i (mod 2**32), so each reproduces alone with its seed.
     """
 
     prompt: str
@@ -102,6 +104,7 @@ class GenerationRequest:
     mask: Image.Image | None = None
     strength: float = float(STRENGTH.default)
     enhance_prompt: bool = False
+    num_images: int = 1
     limits: Limits = field(default=Limits(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +120,7 @@ class GenerationRequest:
         self._check_inpaint()
         if not isinstance(self.enhance_prompt, bool):
             raise InvalidRequest("enhance_prompt", f"must be true or false, got {self.enhance_prompt!r}")
+        self._check_num_images()
 
     @property
     def workflow(self) -> Workflow:
@@ -175,6 +179,16 @@ class GenerationRequest:
             raise InvalidRequest("seed", f"must be an integer, got {self.seed!r}")
         if not 0 <= self.seed <= presets.SEED_MAX:
             raise InvalidRequest("seed", f"{self.seed} is out of range 0..{presets.SEED_MAX}")
+
+    def _check_num_images(self) -> None:
+        if isinstance(self.num_images, bool) or not isinstance(self.num_images, int):
+            raise InvalidRequest("num_images", f"must be an integer {NUM_IMAGES.range_text()}, got {self.num_images!r}")
+        if not NUM_IMAGES.minimum <= self.num_images <= NUM_IMAGES.maximum:
+            raise InvalidRequest("num_images", f"{self.num_images} is out of range {NUM_IMAGES.range_text()}")
+
+    def seeds(self, seed: int) -> list[int]:
+        """The seed of each image, given the batch's first."""
+        return [presets.batch_seed(seed, index) for index in range(self.num_images)]
 
     def _check_sampling(self) -> None:
         if self.steps is not None:

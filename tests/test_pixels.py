@@ -109,7 +109,7 @@ def test_the_step_callback_stays_out_of_the_zero_gpu_worker(engine, monkeypatch)
 
     def fake_run_job(job, progress):
         seen.append(progress)
-        return Image.new("RGB", (job.width, job.height)), {"text_encode": 0.0, "denoise": 0.0, "vae_decode": 0.0}
+        return [Image.new("RGB", (job.width, job.height))], {"text_encode": 0.0, "denoise": 0.0, "vae_decode": 0.0}
 
     monkeypatch.setattr(engine_module, "on_zero_gpu", lambda: True)
     monkeypatch.setattr(engine_module, "run_job", fake_run_job)

@@ -1,4 +1,4 @@
-"""The engine: GenerationRequest -> GenerationResult, the same for the UI, Gradio's API and REST.
+"""The engine: GenerationRequest -> GenerationBatch of GenerationResults, the same for the UI, Gradio's API and REST.
 
 It knows nothing of Gradio or HTTP. The workflow follows the number of reference images; the seed is
 chosen here when the request has none and is always returned.
@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,8 +22,16 @@ from PIL import Image
 
 from .. import presets
 from ..config import Settings, choose_model, on_zero_gpu
-from ..errors import GenerationCancelled, GenerationError, GenerationTimeout, InvalidRequest, KleinError, ModelLoadError
-from ..output.encode import MIME_TYPES, encode_image
+from ..errors import (
+    ContentModerated,
+    GenerationCancelled,
+    GenerationError,
+    GenerationTimeout,
+    InvalidRequest,
+    KleinError,
+    ModelLoadError,
+)
+from ..output.encode import encode_image
 from ..output.files import OutputFolder
 from ..request import GenerationRequest, Workflow
 from ..safety.policy import Moderator
@@ -35,53 +42,14 @@ from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .loras import LoraLibrary
 from .pipeline import LoadedModel, SpeedUps, first_line, load_model
 from .prompt_cache import PromptCache
+from .result import GenerationBatch, GenerationResult
+
+__all__ = ["Engine", "GenerationBatch", "GenerationResult"]
 
 log = logging.getLogger(__name__)
 
 MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat template included
 FOUR_B_PARAMETERS = 3.88e9  # flux2-klein-4b's transformer (bench/gpu.py checks the count)
-
-
-@dataclass
-class GenerationResult:
-    """One generated image, encoded once, and everything needed to reproduce it."""
-
-    image: Image.Image
-    data: bytes
-    path: Path | None  # None when the caller keeps the bytes itself (REST)
-    seed: int
-    width: int
-    height: int
-    model: str
-    workflow: Workflow
-    steps: int
-    guidance: float
-    output_format: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    loras: list[dict] = field(default_factory=list)  # [{"path", "scale"}]: the LoRAs applied (scale 0 left out)
-    worker: str | None = None  # the Ray Serve worker that made it (docs/workers.md); None in one process
-    enhanced_prompt: str | None = None  # the rewrite generated from, when enhance_prompt was asked for
-
-    @property
-    def mime_type(self) -> str:
-        return MIME_TYPES[self.output_format]
-
-    def info(self) -> dict:
-        """The generation parameters, as embedded in the file and shown to the user."""
-        return {
-            "seed": self.seed,
-            "width": self.width,
-            "height": self.height,
-            "model": self.model,
-            "workflow": self.workflow.value,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "output_format": self.output_format,
-            "timings_ms": self.timings_ms,
-            **({"loras": self.loras} if self.loras else {}),
-            **({"worker": self.worker} if self.worker else {}),
-            **({"enhanced_prompt": self.enhanced_prompt} if self.enhanced_prompt is not None else {}),
-        }
 
 
 class Engine:
@@ -162,7 +130,15 @@ class Engine:
         )
         return len(tokenizer(text)["input_ids"])
 
-    def generate(
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
+                 cancel: threading.Event | None = None, deadline: float | None = None,
+                 keep_file: bool = True) -> GenerationResult:
+        """Generate the one image of a request (num_images 1); generate_batch says how."""
+        if request.num_images != 1:
+            raise ValueError(f"generate() makes one image; use generate_batch() for num_images={request.num_images}")
+        return self.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=keep_file).results[0]
+
+    def generate_batch(
         self,
         request: GenerationRequest,
         progress: ProgressCallback | None = None,
@@ -170,17 +146,18 @@ class Engine:
         cancel: threading.Event | None = None,
         deadline: float | None = None,
         keep_file: bool = True,
-    ) -> GenerationResult:
-        """Generate one image for a validated request.
+    ) -> GenerationBatch:
+        """Generate the request's images (num_images of them, image i with seed + i).
 
         1. check what depends on the model (prompt length);
         2. moderate the request: prompt and reference images ("Request moderated");
         3. choose the seed, size, steps and guidance;
-        4. run the pipeline (one at a time), stopping between steps if `cancel` is set or the
-           `deadline` (a time.monotonic() value) passes;
-        5. moderate the generated image ("Content moderated") before anything is kept;
-        6. encode once, with the parameters embedded, and write the file (unless `keep_file` is False:
-           the REST API answers with the bytes and keeps task results in its own folder).
+        4. run the pipeline (one at a time; a batch as one call), stopping between steps if `cancel` is
+           set or the `deadline` (a time.monotonic() value) passes: a cancelled batch keeps nothing;
+        5. moderate each generated image ("Content moderated"): one refused is left out (its seed in
+           `moderated`) and the others kept; when every image is refused, ContentModerated is raised;
+        6. encode each once, with its parameters embedded, and write the files (unless `keep_file` is
+           False: the REST API answers with the bytes and keeps task results in its own folder).
         """
         started = time.perf_counter()
         # 1. Model-dependent checks
@@ -198,20 +175,48 @@ class Engine:
         try:
             stop()  # cancelled while waiting, or the deadline passed just now
             job, enhance_ms = self._enhance(job, request, tolerance, stop)
-            image, timings = self._run(job, _StepHook(progress, stop))
+            images, timings = self._run(job, _StepHook(progress, stop))
             if request.enhance_prompt:
                 timings = {"enhance_prompt": enhance_ms, **timings}
         finally:
             self._lane.release()
         # 5. Content moderation
         t0 = time.perf_counter()
-        self.moderator.check_output(image, tolerance)
+        kept, moderated = self._moderate_outputs(images, job.seeds, tolerance)
         timings["safety"] = round(safety_ms + ms_since(t0), 2)
         # 6. Encode
         t0 = time.perf_counter()
+        results = [self._encoded(request, job, seed, image, tolerance, keep_file) for seed, image in kept]
+        timings["encode"] = ms_since(t0)
+        timings["total"] = ms_since(started)
+        for result in results:
+            result.timings_ms = timings
+        return GenerationBatch(results, moderated)
+
+    def _moderate_outputs(self, images: list[Image.Image], seeds: list[int],
+                          tolerance: int) -> tuple[list[tuple[int, Image.Image]], list[int]]:
+        """(seed, image) of the images moderation lets through, and the seeds of those it refused; raises
+        the first refusal when it refused them all."""
+        kept, moderated, refusal = [], [], None
+        for seed, image in zip(seeds, images):
+            try:
+                self.moderator.check_output(image, tolerance)
+                kept.append((seed, image))
+            except ContentModerated as exc:
+                moderated.append(seed)
+                refusal = refusal or exc
+        if not kept:
+            raise refusal
+        if moderated:
+            log.info("batch: %d of %d images refused by moderation and left out", len(moderated), len(images))
+        return kept, moderated
+
+    def _encoded(self, request: GenerationRequest, job: Job, seed: int, image: Image.Image, tolerance: int,
+                 keep_file: bool) -> GenerationResult:
+        """One image of the job, encoded once with the parameters that reproduce it alone."""
         meta = {
             "prompt": request.prompt,
-            "seed": job.seed,
+            "seed": seed,
             "model": self.model.spec.name,
             "width": image.width,
             "height": image.height,
@@ -231,16 +236,12 @@ class Engine:
         if job.mask is not None:  # the mask itself is not embedded: "Load settings" cannot bring it back
             meta.update(strength=job.strength, references=len(request.images) - 1)
         data = encode_image(image, request.output_format, meta)
-        path = None
-        if keep_file:
-            path = self.outputs.write(data, request.output_format, stem=f"klein-{job.seed}")
-        timings["encode"] = ms_since(t0)
-        timings["total"] = ms_since(started)
+        path = self.outputs.write(data, request.output_format, stem=f"klein-{seed}") if keep_file else None
         return GenerationResult(
             image=image,
             data=data,
             path=path,
-            seed=job.seed,
+            seed=seed,
             width=image.width,
             height=image.height,
             model=self.model.spec.name,
@@ -248,7 +249,6 @@ class Engine:
             steps=job.steps,
             guidance=job.guidance,
             output_format=request.output_format,
-            timings_ms=timings,
             loras=[lora.record() for lora in job.loras],
             enhanced_prompt=job.prompt if request.enhance_prompt else None,
         )
@@ -315,6 +315,7 @@ class Engine:
             loras=self.loras.resolve(request.loras, self.model.pipe.transformer),  # found here, before the lane
             mask=request.mask,
             strength=float(request.strength),
+            num_images=request.num_images,
         )
         if job.mask is not None:
             check_strength(job.steps, job.strength)
@@ -322,9 +323,9 @@ class Engine:
             check_gpu_time(job)
         return job
 
-    def _run(self, job: Job, on_step: ProgressCallback) -> tuple[Image.Image, dict[str, float]]:
+    def _run(self, job: Job, on_step: ProgressCallback) -> tuple[list[Image.Image], dict[str, float]]:
         out_of_memory = (f"Out of memory generating {job.width}x{job.height}; try a smaller size or fewer "
-                         "reference images.")
+                         "reference images" + (" or images" if job.num_images > 1 else "") + ".")
         with self._mapped_errors("Generation failed", out_of_memory):
             # Callbacks do not pickle into a ZeroGPU worker: there the UI shows no step progress, and
             # Cancel or the deadline stop a job only before it reaches the GPU.
