@@ -89,6 +89,7 @@ class Settings:
     prompt_cache_mb: int = 256
     lora_dir: Path = field(default_factory=lambda: default_lora_dir())
     max_loras_cached: int = 8
+    hub_loras: bool = True  # requests may name Hugging Face hub LoRAs (downloaded once); False: the folder only
     compile: bool = False
     fuse_qkv: bool = False
     attention_backend: str | None = None
@@ -119,6 +120,7 @@ class Settings:
             prompt_cache_mb=args.prompt_cache_mb,
             lora_dir=Path(args.lora_dir),
             max_loras_cached=args.max_loras_cached,
+            hub_loras=args.hub_loras,
             compile=args.compile,
             fuse_qkv=args.fuse_qkv,
             attention_backend=args.attention_backend,
@@ -253,6 +255,10 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--max-loras-cached", type=int, metavar="N", help="LoRA adapters kept loaded; past N the least "
                         "recently used is unloaded (default 8)",
                         default=env_number(environ, "KLEIN_MAX_LORAS_CACHED", 8, integer=True, minimum=1))
+    parser.add_argument("--no-hub-loras", dest="hub_loras", action="store_false",
+                        default=not env_flag(environ, "KLEIN_NO_HUB_LORAS"),
+                        help="refuse LoRAs named by Hugging Face hub id or URL (no downloads on a request's behalf): "
+                        "only the LoRA folder's (env KLEIN_NO_HUB_LORAS)")
     memory = parser.add_argument_group("GPU memory (README: Memory)")
     memory.add_argument(
         "--offload", choices=OFFLOAD_MODES, default=env_choice(environ, "KLEIN_OFFLOAD", OFFLOAD_MODES) or "auto",

@@ -275,3 +275,35 @@ def test_lora_flags_and_environment(tmp_path):
 def test_a_cache_of_no_loras_is_refused():
     with pytest.raises(ValueError, match="KLEIN_MAX_LORAS_CACHED: '0' must be an integer in 1"):
         Settings.from_args([], environ={"KLEIN_MAX_LORAS_CACHED": "0"})
+
+
+@pytest.mark.parametrize("path", ["someone/klein-style",
+                                  "https://huggingface.co/someone/klein-style/resolve/main/style.safetensors"])
+def test_with_hub_loras_off_a_hub_lora_is_refused_even_when_cached(folder, tmp_path, path, monkeypatch):
+    from klein.generation import hub
+
+    fake_hub_cache(tmp_path / "hub", "someone/klein-style", ["style.safetensors"])
+    monkeypatch.setattr(hub, "hf_hub_download", lambda *a, **k: pytest.fail("a download was attempted"))
+    error = str(refused(LoraLibrary(folder, hub_cache=tmp_path / "hub", allow_hub=False), path))
+    assert "is a hub LoRA and this server loads only its LoRA folder's (--no-hub-loras)" in error
+    assert "the LoRA folder has style.safetensors" in error
+    assert found(LoraLibrary(folder, allow_hub=False), "style").label == "style.safetensors"  # the folder still works
+
+
+def test_the_no_hub_loras_flag_and_its_environment_variable():
+    from klein.config import Settings
+
+    assert Settings.from_args([], {}).hub_loras is True
+    assert Settings.from_args(["--no-hub-loras"], {}).hub_loras is False
+    assert Settings.from_args([], {"KLEIN_NO_HUB_LORAS": "1"}).hub_loras is False
+
+
+def test_an_engine_started_with_no_hub_loras_refuses_them_naming_the_field(tiny_model, tmp_path):
+    from klein.config import Settings
+    from klein.generation.engine import Engine
+    from klein.request import GenerationRequest
+
+    engine = Engine(tiny_model, Settings(output_dir=tmp_path, lora_dir=tmp_path / "loras", hub_loras=False))
+    request = GenerationRequest(prompt="x", width=64, height=64, loras=[{"path": "someone/klein-style"}])
+    with pytest.raises(InvalidRequest, match=r"^loras\[0\]\.path: 'someone/klein-style' is a hub LoRA"):
+        engine.generate(request)

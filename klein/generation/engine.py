@@ -65,7 +65,8 @@ class Engine:
         self.outputs = OutputFolder(self.settings.output_dir)
         self.enhance_max_tokens = MAX_NEW_TOKENS
         self._lane = threading.Lock()
-        self.loras = LoraLibrary(self.settings.lora_dir)  # what requests may name; adapters load inside the lane
+        # What requests may name; adapters load inside the lane.
+        self.loras = LoraLibrary(self.settings.lora_dir, allow_hub=self.settings.hub_loras)
         adapters_for(model.pipe).max_loaded = self.settings.max_loras_cached
         model.prompt_cache.resize(self.settings.prompt_cache_mb * 1024 * 1024)
         self._template_tokens = self.count_prompt_tokens("")

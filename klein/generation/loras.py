@@ -63,11 +63,13 @@ class LoraInfo:
 
 
 class LoraLibrary:
-    """The LoRA folder and the hub, as requests name them. `hub_cache`: None for Hugging Face's cache."""
+    """The LoRA folder and the hub, as requests name them. `hub_cache`: None for Hugging Face's cache;
+    `allow_hub` False refuses hub ids and URLs (--no-hub-loras)."""
 
-    def __init__(self, folder: Path, hub_cache: Path | None = None):
+    def __init__(self, folder: Path, hub_cache: Path | None = None, allow_hub: bool = True):
         self.folder = Path(folder)
         self.hub_cache = hub_cache
+        self.allow_hub = allow_hub
         self._hub_files: dict[tuple[str, str | None, str], str] = {}  # downloads, once per process
         self._lock = threading.Lock()
 
@@ -169,6 +171,9 @@ class LoraLibrary:
         return None if text in ("", ".") else text
 
     def _from_hub(self, repo: str, weight_name: str | None, revision: str, field: str) -> tuple[Path, str]:
+        if not self.allow_hub:
+            raise InvalidRequest(field, f"{_shown(repo)} is a hub LoRA and this server loads only its LoRA folder's "
+                                 "(--no-hub-loras)" + self._choices())
         key = (repo, weight_name, revision)
         with self._lock:
             known = self._hub_files.get(key)
