@@ -1,7 +1,8 @@
 """Workers on Ray Serve (docs/workers.md): one local Ray instance for the module, two tiny-model CPU
 replicas (num_gpus=0, one torch thread each), and the front's WorkerEngine over them: spreading,
-pixels, progress, Cancel reaching the worker, backpressure (QueueFull, REST 503), a task, the page,
-and a worker killed mid-generation. The kill test runs last: it leaves one replica restarting."""
+pixels, a batch (num_images), progress, Cancel reaching the worker, backpressure (QueueFull, REST 503),
+a task, the page, and a worker killed mid-generation. The kill test runs last: it leaves one replica
+restarting."""
 
 from __future__ import annotations
 
@@ -105,6 +106,23 @@ def test_requests_spread_over_both_workers_with_the_pixels_of_one_process(worker
     assert not np.array_equal(pixels(decoded), pixels(Image.open(io.BytesIO(results[0].data))))
 
 
+def test_a_batch_runs_on_one_worker_with_the_pixels_of_one_process(workers, engine):
+    seen: list[tuple[int, int]] = []
+    batch = workers.generate_batch(request(50, steps=3, num_images=2), lambda step, total: seen.append((step, total)))
+    local = engine.generate_batch(request(50, steps=3, num_images=2), keep_file=False)
+    assert batch.seeds == local.seeds == [50, 51] and batch.moderated == []
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # one pipeline call: the batch's steps, once
+    assert len({result.worker for result in batch.results}) == 1 and batch.results[0].worker.startswith("worker-")
+    assert {"queue", "transfer", "denoise", "total"} <= set(batch.results[1].timings_ms)
+    for far, near in zip(batch.results, local.results):
+        decoded = Image.open(far.path)
+        assert far.path.read_bytes() == far.data and decoded.size == (256, 256) and decoded.format == "PNG"
+        assert far.path.name.startswith(f"klein-{far.seed}-")
+        assert np.abs(pixels(decoded) - pixels(near.image)).max() <= 1
+    first, second = (pixels(result.image) for result in batch.results)
+    assert not np.array_equal(first, second)
+
+
 def test_timings_have_the_queue_and_transfer_stages_and_the_file_is_written(workers):
     result = workers.generate(request(7, side=128, output_format="jpeg"))
     stages = result.timings_ms
@@ -136,9 +154,10 @@ def test_errors_from_the_worker_keep_their_type_and_field(workers):
         workers.check_request(request(9, prompt="lighthouse " * 900))
 
 
-def test_cancel_reaches_the_worker_and_frees_it(workers):
-    probe = workers.generate(request(10, side=1024, steps=4), keep_file=False)
-    step_ms = probe.timings_ms["denoise"] / 4  # on a worker, by the worker's clock
+@pytest.mark.parametrize("num_images", [1, 2])
+def test_cancel_reaches_the_worker_and_frees_it(workers, num_images):
+    probe = workers.generate_batch(request(10, side=1024, steps=4, num_images=num_images), keep_file=False).results[0]
+    step_ms = probe.timings_ms["denoise"] / 4  # on a worker, by the worker's clock (a step of the whole batch)
     cancel, steps = threading.Event(), []
 
     def progress(step: int, total: int) -> None:
@@ -147,7 +166,8 @@ def test_cancel_reaches_the_worker_and_frees_it(workers):
             cancel.set()
 
     with pytest.raises(GenerationCancelled):
-        workers.generate(request(10, side=1024, steps=100), progress, cancel=cancel, keep_file=False)
+        workers.generate_batch(request(10, side=1024, steps=100, num_images=num_images), progress, cancel=cancel,
+                               keep_file=False)
     assert steps[-1] < 100
     # Had the cancelled worker gone on, one of these would wait for its remaining steps.
     started = time.monotonic()
@@ -212,8 +232,9 @@ def test_the_page_runs_through_the_workers_one_lane_each(workers, monkeypatch):
                 allowed_paths=[str(workers.output_dir)])
     try:
         client = Client(demo.local_url, verbose=False)
-        path, seed, info = client.predict(prompt="a fox", seed=42, randomize_seed=False, custom_size=True,
-                                          width=128, height=128, api_name="/text_to_image")
+        # (first image, its seed, info[, the gallery of a batch])
+        path, seed, info, *_ = client.predict(prompt="a fox", seed=42, randomize_seed=False, custom_size=True,
+                                              width=128, height=128, api_name="/text_to_image")
         assert seed == 42 and Image.open(path).size == (128, 128) and "worker-" in str(info)
         assert "2 Ray Serve workers" in engine.model.device
     finally:

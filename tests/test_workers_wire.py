@@ -196,8 +196,17 @@ def made(engine):
     """A real result from the tiny engine, as a worker would send it."""
     from klein.generation.workers_replica import result_event
 
-    result = engine.generate(GenerationRequest("a fox", seed=5, width=64, height=64, steps=1), keep_file=False)
-    return result_event(result, worker_ms=120.0)
+    batch = engine.generate_batch(GenerationRequest("a fox", seed=5, width=64, height=64, steps=1), keep_file=False)
+    return result_event(batch, worker_ms=120.0)
+
+
+@pytest.fixture(scope="module")
+def made_three(engine):
+    """A real batch of three (seeds 2**32 - 2, 2**32 - 1, 0) from the tiny engine, as a worker would send it."""
+    from klein.generation.workers_replica import result_event
+
+    request = GenerationRequest("a fox", seed=2**32 - 2, width=64, height=64, steps=1, num_images=3)
+    return result_event(engine.generate_batch(request, keep_file=False), worker_ms=300.0)
 
 
 def front(streams: list[StubStream], tmp_path: Path, replicas: int = 2):
@@ -262,6 +271,68 @@ def test_cancel_before_a_worker_starts_cancels_the_call(tmp_path):
 def test_the_result_is_the_workers_bytes_with_the_fronts_stages(made, tmp_path):
     stream = StubStream([{"event": "started", "worker": "worker-0@a", "pid": 1}, made])
     result = front([stream], tmp_path).generate(GenerationRequest("a fox", width=64, height=64), keep_file=False)
-    assert result.data == made["fields"]["data"] and result.path is None
+    assert result.data == made["images"][0]["data"] and result.path is None
     assert list(result.timings_ms)[:2] == ["queue", "transfer"] and "total" in result.timings_ms
     assert Image.open(io.BytesIO(result.data)).size == (64, 64) and result.info()["worker"] == "worker-0@a"
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+def test_num_images_travels_with_the_request():
+    from klein.generation.workers_replica import payload_for, request_from_payload
+
+    sent = GenerationRequest("four foxes", seed=9, num_images=4)
+    payload = pickle.loads(pickle.dumps(payload_for(sent, None)))
+    assert payload["fields"]["num_images"] == 4
+    assert request_from_payload(payload, Settings().limits).num_images == 4
+
+
+def test_a_batch_event_is_plain_data_with_every_image_once(made_three):
+    event = pickle.loads(pickle.dumps(made_three))
+    assert [fields["seed"] for fields in event["images"]] == [2**32 - 2, 2**32 - 1, 0]
+    assert all(isinstance(fields["data"], bytes) and set(fields) & {"image", "path", "timings_ms"} == set()
+               for fields in event["images"])
+    assert event["moderated"] == [] and {"denoise", "vae_decode", "total"} <= set(event["timings_ms"])
+
+
+def test_a_batch_comes_back_whole_with_a_file_per_image(made_three, tmp_path):
+    stream = StubStream([{"event": "started", "worker": "worker-0@a", "pid": 1},
+                         {"event": "progress", "step": 1, "total": 1}, made_three])
+    engine, seen = front([stream], tmp_path), []
+    batch = engine.generate_batch(GenerationRequest("a fox", seed=2**32 - 2, width=64, height=64, num_images=3),
+                                  lambda step, total: seen.append((step, total)))
+    assert engine._stream.payloads[0]["fields"]["num_images"] == 3 and seen == [(1, 1)]
+    assert batch.seeds == [2**32 - 2, 2**32 - 1, 0] and batch.moderated == []
+    for result, fields in zip(batch.results, made_three["images"]):
+        assert result.data == fields["data"] and result.path.read_bytes() == fields["data"]
+        assert result.path.name.startswith(f"klein-{fields['seed']}-") and result.worker == "worker-0@a"
+        assert Image.open(result.path).size == (64, 64)
+    assert len({id(r.timings_ms) for r in batch.results}) == 1  # one dict, as the engine's batch
+    assert list(batch.results[0].timings_ms)[:2] == ["queue", "transfer"] and "total" in batch.results[0].timings_ms
+
+
+def test_moderated_seeds_come_back_beside_the_kept_images(made_three, tmp_path):
+    event = {**made_three, "images": made_three["images"][::2], "moderated": [2**32 - 1]}
+    stream = StubStream([{"event": "started", "worker": "worker-0@a", "pid": 1}, event])
+    batch = front([stream], tmp_path).generate_batch(
+        GenerationRequest("a fox", seed=2**32 - 2, width=64, height=64, num_images=3), keep_file=False)
+    assert batch.seeds == [2**32 - 2, 0] and batch.info() == {"seeds": [2**32 - 2, 0], "moderated_seeds": [2**32 - 1]}
+    assert all(result.path is None for result in batch.results)
+
+
+def test_generate_is_the_one_image_call(made, tmp_path):
+    engine = front([StubStream([{"event": "started", "worker": "worker-0@a", "pid": 1}, made])], tmp_path)
+    with pytest.raises(ValueError, match="use generate_batch\\(\\) for num_images=2"):
+        engine.generate(GenerationRequest("a fox", width=64, height=64, num_images=2))
+    assert engine._stream.payloads == []  # refused before anything was sent
+    assert engine.generate(GenerationRequest("a fox", width=64, height=64), keep_file=False).seed == 5
+
+
+def test_a_batch_lost_twice_names_its_images(tmp_path):
+    started = {"event": "started", "worker": "worker-0@a", "pid": 1}
+    streams = [StubStream([started], died()), StubStream([{**started, "worker": "worker-1@b"}], died())]
+    engine = front(streams, tmp_path)
+    with pytest.raises(GenerationError, match=r"^The workers generating these 2 images stopped .* twice"):
+        engine.generate_batch(GenerationRequest("a fox", width=64, height=64, num_images=2))
+    first, second = engine._stream.payloads
+    assert first == second and first["fields"]["num_images"] == 2  # the retry asks for the same batch, same seed

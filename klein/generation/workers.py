@@ -1,12 +1,14 @@
 """The front's engine when workers generate: WorkerEngine has the interface klein/ui and klein/rest use
-(generate, check_request, limits, output_dir, model, moderator, prompt tokens), and sends each
-generation to a Ray Serve worker replica (workers_replica.py) instead of running a pipeline here.
+(generate_batch, generate, check_request, limits, output_dir, model, moderator, prompt tokens), and sends
+each request to a Ray Serve worker replica (workers_replica.py) instead of running a pipeline here.
 
 Imported only when --workers or --ray-address is given (app.py); without them nothing imports Ray.
 A generation here: encode the references (PNG), send the request, wait for a free worker (`queue`),
-relay its progress, stop it on Cancel or the deadline, take back the encoded image (`transfer` is the
-encoding and the time on the wire), write the file the page shows. A worker that dies mid-generation
-is replaced by Serve; its request is tried once more on another worker, with the same seed.
+relay its progress, stop it on Cancel or the deadline, take back the encoded images (`transfer` is the
+encoding and the time on the wire), write the files the page shows. A batch (num_images > 1) is one
+request to one worker, which runs it as the engine does (one pipeline call) and sends every image back.
+A worker that dies mid-generation is replaced by Serve; its request is tried once more on another
+worker, with the same seed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..output.files import OutputFolder
 from ..request import GenerationRequest
 from ..safety.policy import Moderator
 from . import workers_cluster
-from .engine import GenerationResult
+from .engine import GenerationBatch, GenerationResult
 from .inpaint import check_strength
 from .job import ProgressCallback
 from .workers_cluster import BackPressureError, RequestCancelledError, ray_errors
@@ -156,8 +158,17 @@ class WorkerEngine:
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
                  cancel: threading.Event | None = None, deadline: float | None = None,
                  keep_file: bool = True) -> GenerationResult:
-        """As Engine.generate, on a worker: the worker checks, moderates, generates and encodes; the front
-        adds the `queue` and `transfer` stages to the timings and the worker's name to the result."""
+        """As Engine.generate: the one image of a request (num_images 1), on a worker."""
+        if request.num_images != 1:
+            raise ValueError(f"generate() makes one image; use generate_batch() for num_images={request.num_images}")
+        return self.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=keep_file).results[0]
+
+    def generate_batch(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
+                       cancel: threading.Event | None = None, deadline: float | None = None,
+                       keep_file: bool = True) -> GenerationBatch:
+        """As Engine.generate_batch, on one worker: the worker checks, moderates, generates (the batch as one
+        pipeline call) and encodes; the front adds the `queue` and `transfer` stages to the timings the
+        images share, the worker's name to each image, and writes their files (unless `keep_file` is False)."""
         started = time.perf_counter()
         if request.seed is None:  # chosen here, so a retry on another worker makes the same image
             request = dataclasses.replace(request, seed=presets.random_seed())
@@ -171,11 +182,11 @@ class WorkerEngine:
             except _WorkerLost as exc:
                 lost.append(exc.worker.name if exc.worker else "a worker that had not started it")
                 if len(lost) == 2 or _stopped(cancel, deadline):
-                    raise GenerationError(_lost_message(lost)) from exc
+                    raise GenerationError(_lost_message(lost, request.num_images)) from exc
                 log.warning("%s died during a generation (%s); trying once more on another worker",
                             lost[0], str(exc).splitlines()[0])
         timings["transfer"] = round(timings["transfer"] + encode_ms, 2)
-        return self._result(event, timings, started, keep_file)
+        return self._batch(event, timings, started, keep_file)
 
     def _call(self, payload: dict, progress: ProgressCallback | None, cancel: threading.Event | None,
               deadline: float | None) -> tuple[dict, dict[str, float]]:
@@ -236,25 +247,31 @@ class WorkerEngine:
         log.error("worker call failed", exc_info=exc)
         return GenerationError(f"Generation failed on a worker ({type(exc).__name__}); the server log has the details.")
 
-    def _result(self, event: dict, front: dict[str, float], started: float, keep_file: bool) -> GenerationResult:
-        fields = dict(event["fields"])
-        timings = {**front, **{k: v for k, v in fields.pop("timings_ms").items() if k != "total"}}
+    def _batch(self, event: dict, front: dict[str, float], started: float, keep_file: bool) -> GenerationBatch:
+        """The worker's images as a GenerationBatch: one timings dict for all of them, as the engine's."""
+        timings = {**front, **{k: v for k, v in event["timings_ms"].items() if k != "total"}}
+        worker = self.serving()
+        results = [self._result(fields, timings, worker, keep_file) for fields in event["images"]]
+        timings["total"] = _ms_since(started)
+        return GenerationBatch(results, list(event["moderated"]))
+
+    def _result(self, fields: dict, timings: dict[str, float], worker: WorkerInfo | None,
+                keep_file: bool) -> GenerationResult:
         path = None
         if keep_file:
             path = self.outputs.write(fields["data"], fields["output_format"], stem=f"klein-{fields['seed']}")
         from PIL import Image
 
         image = Image.open(io.BytesIO(fields["data"]))  # decoded when first used (the front needs only the bytes)
-        worker = self.serving()
-        timings["total"] = _ms_since(started)
         return GenerationResult(image=image, path=path, timings_ms=timings,
                                 **{**fields, "worker": worker.name if worker else None})
 
 
-def _lost_message(lost: list[str]) -> str:
+def _lost_message(lost: list[str], num_images: int = 1) -> str:
+    what = "this image" if num_images == 1 else f"these {num_images} images"
     if len(lost) == 1:
-        return f"The worker generating this image ({lost[0]}) stopped before it finished; try again."
-    return (f"The workers generating this image stopped before it finished, twice ({lost[0]}, then {lost[1]} "
+        return f"The worker generating {what} ({lost[0]}) stopped before it finished; try again."
+    return (f"The workers generating {what} stopped before it finished, twice ({lost[0]}, then {lost[1]} "
             "on the retry); try again shortly.")
 
 

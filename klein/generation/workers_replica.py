@@ -2,8 +2,9 @@
 
 The front (workers.py) deploys `KleinWorker` and talks to it in plain data: the request's fields and
 its reference images as encoded bytes go in; events come out of a stream: `started` (which worker,
-its process), `progress` (step, total) after each denoising step, then `result` (the encoded image,
-encoded here, and its info) or `error` (a KleinError's type and message, rebuilt by the front).
+its process), `progress` (step, total) after each denoising step, then `result` (every image of the
+request's batch, encoded here, with its info, and the seeds moderation left out) or `error` (a
+KleinError's type and message, rebuilt by the front).
 
 Cancelling the stream (the front's Cancel or deadline) raises CancelledError at the generator's
 next await; the Engine is then told to stop between steps, and the replica is free once it has.
@@ -41,12 +42,13 @@ from ..images import decode_image_bytes
 from ..request import GenerationRequest
 
 if TYPE_CHECKING:
-    from .engine import GenerationResult
+    from .engine import GenerationBatch
 
 log = logging.getLogger(__name__)
 
 STARTED, PROGRESS, RESULT, ERROR = "started", "progress", "result", "error"
 NOT_SENT = ("images", "mask", "limits")  # images travel as bytes; limits are the worker's own Settings'
+RESULT_NOT_SENT = ("image", "path", "timings_ms")  # the bytes are the image; the front writes the file
 ERROR_TYPES = {cls.__name__: cls for cls in (ContentModerated, GenerationCancelled, GenerationError,
                                              GenerationTimeout, ModelLoadError, QueueFull, RequestModerated)}
 
@@ -80,10 +82,13 @@ def request_from_payload(payload: dict[str, Any], limits: Limits) -> GenerationR
     return GenerationRequest(images=decoded, mask=mask_image, limits=limits, **payload["fields"])
 
 
-def result_event(result: GenerationResult, worker_ms: float) -> dict[str, Any]:
-    """A result as plain data: its fields with the encoded bytes, not the PIL image; how long the worker had it."""
-    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("image", "path")}
-    return {"event": RESULT, "fields": fields, "worker_ms": worker_ms}
+def result_event(batch: GenerationBatch, worker_ms: float) -> dict[str, Any]:
+    """A batch as plain data: each image's fields with its encoded bytes (not the PIL image), in seed order;
+    the timings the images share, once; the seeds moderation left out; how long the worker had the request."""
+    images = [{f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in RESULT_NOT_SENT}
+              for result in batch.results]
+    return {"event": RESULT, "images": images, "timings_ms": dict(batch.results[0].timings_ms),
+            "moderated": list(batch.moderated), "worker_ms": worker_ms}
 
 
 def error_event(exc: BaseException) -> dict[str, Any]:
@@ -131,7 +136,8 @@ class KleinWorker:
                 "prompt_token_limit": self.engine.prompt_token_limit, "worker": self.name}
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Run one request: yield `started`, `progress` events, then `result` or `error`."""
+        """Run one request (all its num_images in one Engine.generate_batch): yield `started`, `progress`
+        events (the steps of the whole batch), then `result` or `error`."""
         started = time.perf_counter()
         yield {"event": STARTED, "worker": self.name, "pid": self.pid}
         loop = asyncio.get_running_loop()
@@ -164,7 +170,7 @@ class KleinWorker:
         request = request_from_payload(payload, self.engine.limits)
         left = payload["seconds_left"]
         deadline = None if left is None else time.monotonic() + left
-        return self.engine.generate(request, progress, cancel=cancel, deadline=deadline, keep_file=False)
+        return self.engine.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=False)
 
     def _outcome(self, job: asyncio.Future, started: float) -> dict[str, Any]:
         if job.exception() is not None:
