@@ -10,7 +10,7 @@ from PIL import Image
 
 import tests.test_browser as shared
 from tests.conftest import APP_LORA
-from tests.test_browser import ASSETS, SCREENSHOTS, generate, open_tab, seed_used
+from tests.test_browser import ASSETS, SCREENSHOTS, clipped_images, generate, open_tab, seed_used
 
 browser, page = shared.browser, shared.page  # the browser tests' fixtures
 
@@ -150,3 +150,33 @@ def test_a_typed_lora_path_wins_over_the_menu_and_a_missing_one_names_the_field(
     page.fill("#text_to_image-prompt textarea", "a fox")
     page.click("#text_to_image-generate")
     page.get_by_text("loras[0].path").first.wait_for()
+
+
+def test_a_batch_shows_every_image_and_a_click_makes_one_the_result(page):
+    generate(page, "text_to_image", "a hare")
+    assert not page.is_visible("#text_to_image-images")  # one image: the page as before batches
+    page.fill("#text_to_image-num-images input[type=number]", "3")
+    page.press("#text_to_image-num-images input[type=number]", "Tab")
+    generate(page, "text_to_image", "a fox")
+    page.wait_for_function("() => document.querySelectorAll('#text_to_image-images img').length == 3")
+    seed = seed_used(page, "text_to_image")  # the first image's
+    captions = page.locator("#text_to_image-images .caption-label").all_inner_texts()
+    assert captions == [f"seed {seed + i}" for i in range(3)]
+    assert clipped_images(page, "#text_to_image-images") == []  # nothing under the label or cut off
+    assert page.evaluate("() => Array.from(document.querySelectorAll('#text_to_image-images .caption-label'))"
+                         ".every(c => c.scrollWidth <= c.clientWidth + 1)")  # each seed whole, not ellipsised
+    assert f"3 images: seeds {seed}, {seed + 1}, {seed + 2}" in page.inner_text("#text_to_image-info")
+    page.wait_for_function("() => document.querySelectorAll('#history img').length == 4")  # the hare, then three
+    page.screenshot(path=str(SCREENSHOTS / "batch.png"), full_page=True)
+    third = Image.open(io.BytesIO(page.request.get(page.locator("#text_to_image-images img").nth(2)
+                                                   .get_attribute("src")).body()))
+    page.locator("#text_to_image-images img").nth(2).click()
+    page.wait_for_function(f"() => document.querySelector('#text_to_image-seed-used input').value == '{seed + 2}'")
+    assert np.array_equal(np.asarray(result_pixels(page, "text_to_image")), np.asarray(third))
+    assert f"seed {seed + 2}" in page.inner_text("#text_to_image-info").replace("`", "")
+    page.click("#text_to_image-reuse-seed")
+    page.wait_for_function(f"() => document.querySelector('#text_to_image-seed input').value == '{seed + 2}'")
+    page.click("#text_to_image-to-edit")  # Edit this image: the one picked
+    page.wait_for_selector("#edit-image img")
+    edited = Image.open(io.BytesIO(page.request.get(page.get_attribute("#edit-image img", "src")).body()))
+    assert np.abs(np.asarray(edited, dtype=np.int16) - np.asarray(third, dtype=np.int16)).max() <= 2

@@ -42,7 +42,7 @@ def test_api_lists_the_four_named_endpoints(client):
 
 
 def test_text_to_image_preset_size_seed_and_metadata(client):
-    path, seed, info = client.predict(prompt="a lighthouse", aspect_ratio="landscape", seed=77,
+    path, seed, info, _ = client.predict(prompt="a lighthouse", aspect_ratio="landscape", seed=77,
                                       randomize_seed=False, api_name="/text_to_image")
     assert seed == 77 and (info["width"], info["height"]) == (1344, 768)
     assert Image.open(path).size == (1344, 768)
@@ -57,7 +57,7 @@ def test_same_seed_same_bytes_through_the_api(client):
 
 
 def test_random_seed_is_returned(client):
-    path, seed, _ = client.predict(prompt="a fox", api_name="/text_to_image", **SMALL)
+    path, seed, _, _ = client.predict(prompt="a fox", api_name="/text_to_image", **SMALL)
     assert 0 <= seed <= 2**32 - 1 and read_metadata(path)["seed"] == seed
     again = client.predict(prompt="a fox", api_name="/text_to_image", **SMALL)[1]
     assert again != seed  # no seed given: a new one each call
@@ -65,15 +65,15 @@ def test_random_seed_is_returned(client):
 
 def test_a_seed_given_alone_is_the_seed_used(client):
     """randomize_seed is off unless asked for: a seed given is a seed used (issue 12, finding 3)."""
-    path, seed, info = client.predict(prompt="a fox", seed=42, api_name="/text_to_image", **SMALL)
+    path, seed, info, _ = client.predict(prompt="a fox", seed=42, api_name="/text_to_image", **SMALL)
     assert seed == 42 and info["seed"] == 42 and read_metadata(path)["seed"] == 42
-    _, seed, _ = client.predict(prompt="a fox", seed=42, randomize_seed=True, api_name="/text_to_image", **SMALL)
+    _, seed, _, _ = client.predict(prompt="a fox", seed=42, randomize_seed=True, api_name="/text_to_image", **SMALL)
     assert seed != 42  # asked for a random one: the given seed is overridden, and the one used returned
 
 
 def test_info_is_plain_fields(client):
     """The third output is data for scripts, not the page's Markdown (issue 12, finding 8)."""
-    path, seed, info = client.predict(prompt="a fox", seed=5, steps=2, api_name="/text_to_image", **SMALL)
+    path, seed, info, _ = client.predict(prompt="a fox", seed=5, steps=2, api_name="/text_to_image", **SMALL)
     assert isinstance(info, dict), info
     assert {k: info[k] for k in ("seed", "width", "height", "model", "steps", "workflow", "output_format")} == {
         "seed": 5, "width": 256, "height": 192, "model": "tiny", "steps": 2, "workflow": "text_to_image",
@@ -84,22 +84,22 @@ def test_info_is_plain_fields(client):
 
 def test_width_and_height_given_are_the_size_used(client):
     """An API caller who gives a size gets it, without knowing about the page's Custom size switch."""
-    path, _, info = client.predict(prompt="a fox", width=320, height=128, api_name="/text_to_image")
+    path, _, info, _ = client.predict(prompt="a fox", width=320, height=128, api_name="/text_to_image")
     assert Image.open(path).size == (320, 128) and (info["width"], info["height"]) == (320, 128)
-    path, _, _ = client.predict(prompt="a fox", custom_size=False, width=320, height=128, aspect_ratio="wide",
+    path, _, _, _ = client.predict(prompt="a fox", custom_size=False, width=320, height=128, aspect_ratio="wide",
                                 resolution="1k", api_name="/text_to_image")
     assert Image.open(path).size == (1568, 672)  # custom_size=False: the preset, as the page's switch says
 
 
 def test_edit_matches_input_and_writes_jpeg(client, reference_files):
-    path, seed, _ = client.predict(image=handle_file(reference_files[0]), prompt="make it night",
+    path, seed, _, _ = client.predict(image=handle_file(reference_files[0]), prompt="make it night",
                                       output_format="jpeg", api_name="/edit")
     assert Image.open(path).size == (1184, 880) and Image.open(path).format == "JPEG"
     assert read_metadata(path)["workflow"] == "edit"
 
 
 def test_multi_reference_with_three_images_at_2k(client, reference_files):
-    path, _, _ = client.predict(images=gallery(reference_files), prompt="combine them", aspect_ratio="wide",
+    path, _, _, _ = client.predict(images=gallery(reference_files), prompt="combine them", aspect_ratio="wide",
                                 resolution="2k", output_format="webp", api_name="/multi_reference")
     assert Image.open(path).size == (2048, 880) and Image.open(path).format == "WEBP"
     meta = read_metadata(path)
@@ -160,7 +160,7 @@ def test_an_unreachable_url_names_the_field_and_keeps_its_query_secret(client):
 def test_server_keeps_serving_after_errors(client):
     with pytest.raises(AppError):
         client.predict(prompt="", api_name="/text_to_image")
-    path, _, _ = client.predict(prompt="still alive", api_name="/text_to_image", **SMALL)
+    path, _, _, _ = client.predict(prompt="still alive", api_name="/text_to_image", **SMALL)
     assert Image.open(path).size == (256, 192)
 
 

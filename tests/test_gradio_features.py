@@ -24,9 +24,9 @@ def pixels(path) -> np.ndarray:
 
 def test_a_lora_from_the_folder_changes_the_pixels_and_is_recorded(client):
     args = dict(prompt="a fox", seed=5, api_name="/text_to_image", **SMALL)
-    base, _, base_info = client.predict(**args)
-    styled, _, info = client.predict(loras=[{"path": "ink", "scale": 1.0}], **args)
-    off, _, off_info = client.predict(loras=[{"path": APP_LORA, "scale": 0}], **args)
+    base, _, base_info, _ = client.predict(**args)
+    styled, _, info, _ = client.predict(loras=[{"path": "ink", "scale": 1.0}], **args)
+    off, _, off_info, _ = client.predict(loras=[{"path": APP_LORA, "scale": 0}], **args)
     assert np.abs(pixels(styled) - pixels(base)).max() > 0  # the adapter applied
     assert np.array_equal(pixels(off), pixels(base))  # scale 0: the base model exactly
     assert "loras" not in base_info and "loras" not in off_info
@@ -49,7 +49,7 @@ def test_a_bad_lora_names_the_field(client, loras, message):
 
 def test_enhance_prompt_returns_the_rewrite_it_generated_from(client):
     args = dict(prompt="a fox", seed=8, api_name="/text_to_image", **SMALL)
-    path, _, info = client.predict(enhance_prompt=True, **args)
+    path, _, info, _ = client.predict(enhance_prompt=True, **args)
     again = client.predict(enhance_prompt=True, **args)[2]
     plain = client.predict(**args)[2]
     assert isinstance(info["enhanced_prompt"], str) and info["enhanced_prompt"]  # gibberish on the tiny model
@@ -77,7 +77,7 @@ def picture(tmp_path_factory):
 
 def test_inpaint_changes_only_the_masked_area(client, picture):
     image, mask, _, inside = picture
-    path, _, info = client.predict(image=handle_file(image), mask=handle_file(mask), prompt="a red door",
+    path, _, info, _ = client.predict(image=handle_file(image), mask=handle_file(mask), prompt="a red door",
                                    seed=3, output_format="png", api_name="/inpaint")
     result, original = pixels(path), pixels(image)
     assert result.shape == original.shape and (info["width"], info["height"]) == (256, 192)
@@ -95,9 +95,9 @@ def test_inpaint_strength_and_references_change_the_result(client, picture):
     args = dict(image=handle_file(image), mask=handle_file(mask), prompt="a red door", seed=3, output_format="png",
                 api_name="/inpaint")
     full = pixels(client.predict(**args)[0])
-    half, _, info = client.predict(strength=0.5, **args)
+    half, _, info, _ = client.predict(strength=0.5, **args)
     assert info["strength"] == 0.5 and not np.array_equal(pixels(half), full)
-    path, _, info = client.predict(references=[{"image": handle_file(image), "caption": None}], **args)
+    path, _, info, _ = client.predict(references=[{"image": handle_file(image), "caption": None}], **args)
     assert info["workflow"] == "inpaint" and read_metadata(path)["references"] == 1
 
 

@@ -210,3 +210,19 @@ def test_loras_and_enhance_prompt_through_mcp(mcp_url):
     arguments["loras"] = [{"path": "missing-style", "scale": 1}]
     text = error_text(call(mcp_url, lambda session: session.call_tool("text_to_image", arguments)))
     assert text.startswith("loras[0].path: "), text
+
+
+def test_num_images_is_a_parameter_and_every_image_comes_back_once(mcp_url):
+    schema = {t.name: t for t in call(mcp_url, lambda session: session.list_tools()).tools}["edit_image"].inputSchema
+    assert schema["properties"]["num_images"]["default"] == 1
+    assert schema["properties"]["num_images"]["description"].startswith("how many images to make, 1..4")
+    arguments = {"prompt": "a lighthouse", "width": 64, "height": 64, "seed": 4294967295, "num_images": 3,
+                 "output_format": "png"}
+    result = call(mcp_url, lambda session: session.call_tool("text_to_image", arguments))
+    assert not result.isError, result.content
+    images = [Image.open(io.BytesIO(base64.b64decode(c.data))) for c in result.content if c.type == "image"]
+    assert [image.size for image in images] == [(64, 64)] * 3
+    assert len({image.tobytes() for image in images}) == 3  # three seeds, three images, each once
+    info = json.loads(texts(result)[-1])
+    assert (info["seed"], info["seeds"], info["moderated_seeds"]) == (4294967295, [4294967295, 0, 1], [])
+    assert texts(result)[-2] == "4294967295"  # the seed output follows the images, as for one image

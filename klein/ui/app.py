@@ -19,14 +19,14 @@ from ..generation.engine import Engine
 from ..images import load_reference
 from ..request import check_reference_count
 from .controls import TabControls, workflow_tab
-from .display import api_info, model_banner
+from .display import batch_info, model_banner, moderated_note
 from .endpoints import ENDPOINTS, Outputs, make_endpoint, with_signature_defaults
 from .events import wire_restore, wire_tab, wire_use_as_input
 from .inpaint import inpaint_tab
 from .inputs import named_gallery, named_image
 from .loras import lora_choices, refresh_choices
 from .mcp import fix_gradio_mcp_server
-from .state import Cancellations, gallery_paths, request_from_controls
+from .state import Cancellations, batch_caption, gallery_paths, request_from_controls
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Enter in a prompt box generates, Shift+Enter adds a line (Gradio's own multi-line box does the reverse).
@@ -48,12 +48,17 @@ def workflow_functions(engine: Engine, cancellations: Cancellations) -> dict[str
         cancel = cancellations.start(session)
         try:
             progress(0, desc="Starting")
-            result = engine.generate(generation, lambda step, total: progress((step, total), unit="steps"),
-                                     cancel=cancel)
+            # Steps count across the batch; Cancel stops the whole batch (it keeps nothing).
+            batch = engine.generate_batch(generation, lambda step, total: progress((step, total), unit="steps"),
+                                          cancel=cancel)
         finally:
             cancellations.finish(session, cancel)
+        if batch.moderated:  # the page shows it; an API caller reads info["moderated_seeds"]
+            gr.Warning(moderated_note(batch.moderated))
         strength = {"strength": generation.strength} if generation.mask is not None else {}
-        return str(result.path), result.seed, api_info(result) | strength
+        first = batch.results[0]
+        images = [(str(result.path), batch_caption(result.seed)) for result in batch.results]
+        return str(first.path), first.seed, batch_info(batch) | strength, images
 
     def text_to_image(values: dict[str, Any], progress: Any, request: Any) -> Outputs:
         return run((), values, progress, request)

@@ -39,9 +39,11 @@ class TabControls:
     steps: gr.Slider
     guidance: gr.Slider
     safety_tolerance: gr.Slider
+    num_images: gr.Slider
     generate: gr.Button
     cancel: gr.Button
-    result: gr.Image
+    result: gr.Image  # the current result: the batch's first image, or the one picked in `images`
+    images: gr.Gallery  # every image of the batch, captioned with its seed: the endpoint's fourth output
     seed_used: gr.Number  # the endpoint's second output (hidden: Gradio's Number shows 0 for "none yet")
     seed_shown: gr.Textbox  # the page's "Seed used" box, empty until a result arrives
     reuse_seed: gr.Button
@@ -70,8 +72,8 @@ class TabControls:
         return [self.control(name) for name in ("image", "images", "references") if name in self.parameters]
 
     def outputs(self) -> list[gr.components.Component]:
-        """The endpoint's outputs: image, seed used, info fields."""
-        return [self.result, self.seed_used, self.details]
+        """The endpoint's outputs: the first image, its seed, info fields, every image of the batch."""
+        return [self.result, self.seed_used, self.details, self.images]
 
     def restorable(self) -> list[gr.components.Component]:
         """Every control restore_updates may fill: the inputs, the image painted on, the LoRA rows."""
@@ -127,6 +129,9 @@ def workflow_tab(endpoint: Endpoint, reference: ReferenceInput, spec: ModelSpec,
             with gr.Row():
                 seed = whole_number_input("seed", label="Seed", value=0, elem_id=f"{workflow}-seed")
                 randomize_seed = gr.Checkbox(label="Randomize seed", value=True, elem_id=f"{workflow}-randomize")
+            num_images = parameter_slider("num_images", value=presets.NUM_IMAGES.default, step=1,
+                                          label="Number of images (image i uses seed + i)",
+                                          elem_id=f"{workflow}-num-images")
             safety_tolerance = parameter_slider(
                 "safety_tolerance", maximum=max_tolerance, step=1,
                 value=min(presets.DEFAULT_SAFETY_TOLERANCE, max_tolerance),
@@ -152,6 +157,10 @@ def workflow_tab(endpoint: Endpoint, reference: ReferenceInput, spec: ModelSpec,
         with gr.Column(scale=1, min_width=320):
             result = gr.Image(label="Result", type="filepath", interactive=False, elem_id=f"{workflow}-result",
                               buttons=["download", "fullscreen"])
+            # Shown only for a batch of more than one image (events.wire_tab); a click makes one the result.
+            images = gr.Gallery(label="Images", type="filepath", columns=presets.MAX_NUM_IMAGES, height=200,
+                                fit_columns=False, allow_preview=False, object_fit="contain", interactive=False,
+                                visible=False, elem_id=f"{workflow}-images", elem_classes=["batch-images"])
             with gr.Row():
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
                 seed_shown = gr.Textbox(label="Seed used", interactive=False, placeholder="—", max_lines=1,
@@ -168,8 +177,9 @@ def workflow_tab(endpoint: Endpoint, reference: ReferenceInput, spec: ModelSpec,
     return TabControls(
         workflow=workflow, reference=reference, prompt=prompt, aspect_ratio=aspect_ratio, resolution=resolution,
         seed=seed, randomize_seed=randomize_seed, output_format=output_format, custom_size=custom_size, width=width,
-        height=height, steps=steps, guidance=guidance, safety_tolerance=safety_tolerance, generate=generate,
-        cancel=cancel, result=result, seed_used=seed_used, seed_shown=seed_shown, reuse_seed=reuse_seed,
-        to_edit=to_edit, to_multi=to_multi, to_inpaint=to_inpaint, info=info, details=details, loras=picker.value,
-        lora_picker=picker, enhance_prompt=enhance_prompt, enhanced_prompt=enhanced_prompt, strength=strength,
-        parameters=endpoint.parameters, extra=extra or ({endpoint.reference: reference} if endpoint.reference else {}))
+        height=height, steps=steps, guidance=guidance, safety_tolerance=safety_tolerance, num_images=num_images,
+        generate=generate, cancel=cancel, result=result, images=images, seed_used=seed_used, seed_shown=seed_shown,
+        reuse_seed=reuse_seed, to_edit=to_edit, to_multi=to_multi, to_inpaint=to_inpaint, info=info, details=details,
+        loras=picker.value, lora_picker=picker, enhance_prompt=enhance_prompt, enhanced_prompt=enhanced_prompt,
+        strength=strength, parameters=endpoint.parameters,
+        extra=extra or ({endpoint.reference: reference} if endpoint.reference else {}))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .. import presets
 
 if TYPE_CHECKING:
-    from ..generation.engine import Engine, GenerationResult
+    from ..generation.engine import Engine, GenerationBatch, GenerationResult
 
 TINY_NOTICE = (
     "**The active model is the tiny random-weight model: its images are noise, not pictures.** "
@@ -46,6 +46,16 @@ def api_info(result: GenerationResult) -> dict[str, Any]:
     return info
 
 
+def batch_info(batch: GenerationBatch) -> dict[str, Any]:
+    """api_info() of the batch's first image, with every image's seed and the seeds moderation left out."""
+    return api_info(batch.results[0]) | batch.info()
+
+
+def moderated_note(seeds: list[int]) -> str:
+    """The words for the images moderation left out of a batch."""
+    return f"Left out by moderation: seed {', '.join(str(seed) for seed in seeds)}." if seeds else ""
+
+
 def format_info(info: dict[str, Any] | None) -> str:
     """The page's Markdown line for the fields of api_info()."""
     if not info:
@@ -57,8 +67,16 @@ def format_info(info: dict[str, Any] | None) -> str:
         f"{str(info['workflow']).replace('_', ' ')} · {info['output_format']}"
         + (f" · {info['worker']}" if info.get("worker") else "")
         + "".join(f" · LoRA {lora['name']} ×{lora['scale']:g}" for lora in info.get("loras") or ()) + "  \n"
-        f"{t.get('total', 0):.0f} ms ({stages})"
+        f"{t.get('total', 0):.0f} ms ({stages})" + batch_line(info)
     )
+
+
+def batch_line(info: dict[str, Any]) -> str:
+    """The info line's batch part: its seeds (when more than one image) and those moderation left out."""
+    seeds, moderated = info.get("seeds") or [], info.get("moderated_seeds") or []
+    words = [f"{len(seeds)} images: seeds {', '.join(str(s) for s in seeds)}"] if len(seeds) > 1 else []
+    words += [f"**{moderated_note(moderated)}**"] if moderated else []
+    return "  \n" + " · ".join(words) if words else ""
 
 
 def model_banner(engine: Engine) -> str:

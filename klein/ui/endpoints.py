@@ -28,8 +28,9 @@ from .state import INPAINT_SETTING_NAMES, SETTING_NAMES
 
 log = logging.getLogger(__name__)
 
-Outputs = tuple[str, int, dict]
-# (the endpoint's argument values by name, gr.Progress, gr.Request) -> (image file, seed used, info fields)
+# (first image file, its seed, info fields, every image as (file, caption)): the first three as before batches
+Outputs = tuple[str, int, dict, list[tuple[str, str]]]
+# (the endpoint's argument values by name, gr.Progress, gr.Request) -> Outputs
 Handler = Callable[[dict[str, Any], Any, Any], Outputs]
 
 
@@ -51,24 +52,30 @@ class Endpoint:
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        """The API parameters' names, in order: what the tab's controls feed."""
+        """The API parameters' names, in order: what the tab's controls feed. num_images comes last, so a
+        caller passing the older parameters by position is not shifted."""
         reference = (self.reference,) if self.reference else ()
-        return (*reference, *(n for n, _ in self.inputs), *self.settings, *(n for n, _ in self.extras))
+        return (*reference, *(n for n, _ in self.inputs), *self.settings, *(n for n, _ in self.extras),
+                *BATCH_NAMES)
 
 
-RETURNS = ("the seed used, and the generation's fields as JSON (seed, width, height, model, workflow, steps, "
-           "guidance, output_format, timings_ms; loras and enhanced_prompt when used).")
+BATCH_NAMES = ("num_images",)
+RETURNS = ("its seed, the generation's fields as JSON (seed, width, height, model, workflow, steps, guidance, "
+           "output_format, timings_ms; loras and enhanced_prompt when used; seeds: every image's seed, in order; "
+           "moderated_seeds: the seeds of images moderation left out), and every image of the batch in seed "
+           'order, each {"image": file, "caption": "seed N"} (the first one again). Over MCP each image comes once, '
+           "as image content, before the seed and the fields.")
 FILE_DOC = "gradio_client: handle_file(path or URL); MCP: an http(s) URL or a data URI"
 IMAGES_DOC = 'each {"image": file, "caption": null} (file: ' + FILE_DOC + ")"
 
 ENDPOINTS = (
     Endpoint("text_to_image", "text_to_image", "Generate an image from a text prompt with FLUX.2 [klein].",
              None, "", "a preset such as square_1_1, widescreen_16_9, landscape or portrait.",
-             "what the image should show.", f"The image file, {RETURNS}"),
+             "what the image should show.", f"The (first) image file, {RETURNS}"),
     Endpoint("edit", "edit_image", "Edit an image with a text instruction with FLUX.2 [klein].",
              "image", f"the image to edit (PNG, JPEG or WebP, at least 64 px a side, aspect at most 8:1; {FILE_DOC}).",
              '"match_input" keeps the input\'s aspect ratio; or a preset such as square_1_1.',
-             'the edit to make, e.g. "make it night time".', f"The edited image file, {RETURNS}"),
+             'the edit to make, e.g. "make it night time".', f"The (first) edited image file, {RETURNS}"),
     Endpoint("multi_reference", "multi_reference_image",
              f"Generate an image from {presets.MULTI_REFERENCE_MIN} to {presets.MAX_REFERENCES} reference images and "
              "a prompt with FLUX.2 [klein].",
@@ -76,11 +83,11 @@ ENDPOINTS = (
              f"WebP), e.g. a person, a product and a place; {IMAGES_DOC}.",
              '"match_input" uses the first image\'s aspect ratio; or a preset such as landscape.',
              'how to combine them, e.g. "the person from image 1 holding the cup from image 2".',
-             f"The generated image file, {RETURNS}"),
+             f"The (first) generated image file, {RETURNS}"),
     Endpoint("inpaint", "inpaint_image",
              "Repaint the masked part of an image from a prompt with FLUX.2 [klein]; the rest stays as it is.",
              "image", f"the image to paint on (PNG, JPEG or WebP; the output has its size; {FILE_DOC}).", "",
-             'what the masked area should show, e.g. "a red door".', f"The inpainted image file, {RETURNS}",
+             'what the masked area should show, e.g. "a red door".', f"The (first) inpainted image file, {RETURNS}",
              settings=INPAINT_SETTING_NAMES,
              inputs=(("mask", "the mask, the image's size: white repaints, black keeps (grayscale or black and white; "
                       f"transparent areas keep; {FILE_DOC})."),),
@@ -128,7 +135,7 @@ def docstring(endpoint: Endpoint) -> str:
     if "aspect_ratio" in docs:
         docs.update(aspect_ratio=endpoint.aspect_ratio_doc)
     docs = {**({endpoint.reference: endpoint.reference_doc} if endpoint.reference else {}), **dict(endpoint.inputs),
-            **docs, **dict(endpoint.extras)}
+            **docs, **dict(endpoint.extras), **{name: PARAMETERS[name].doc for name in BATCH_NAMES}}
     args = "\n".join(f"    {name}: {doc}" for name, doc in docs.items())
     return f"{endpoint.summary}\n\nArgs:\n{args}\n\nReturns:\n    {endpoint.returns}\n"
 

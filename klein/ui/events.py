@@ -1,6 +1,7 @@
 """The page's helper events, private to the page (not in the API): clearing the last result, the info
-line, history, Cancel, Reuse seed, Custom size and the preset labels, Edit this image / Add to
-multi-reference, restoring settings from history or from an image."""
+line, a batch's gallery (shown for more than one image; a click makes one the current result), history,
+Cancel, Reuse seed, Custom size and the preset labels, Edit this image / Add to multi-reference,
+restoring settings from history or from an image."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from .controls import TabControls
 from .display import aspect_choices, format_info
 from .endpoints import user_errors
 from .loras import COMPOSE_JS
-from .state import Cancellations, gallery_paths, with_history_entry
+from .state import Cancellations, gallery_paths, select_from_batch, with_history_entries
 
 GPU_LANE = "gpu"  # every generating event shares it, so two tabs never run the model at once
-# Run in the browser as Generate is clicked: the last result, its seed, info and rewrite go, so after an
-# error or Cancel nothing stale is left on show (and no "Error" pill covers an old info line); and the
+# Run in the browser as Generate is clicked: the last result, its seed, info, batch and rewrite go, so after
+# an error or Cancel nothing stale is left on show (and no "Error" pill covers an old info line); and the
 # LoRA rows become the endpoint's `loras` list.
-CLEAR_RESULT_JS = f"(...rows) => [null, null, null, '', '', '', ({COMPOSE_JS})(rows)]"
+CLEAR_RESULT_JS = f"(...rows) => [null, null, null, null, '', '', '', ({COMPOSE_JS})(rows)]"
 PAGE_ONLY = dict(api_visibility="private", queue=False, show_progress="hidden")
 # A step before the endpoint: (function, inputs, outputs), e.g. inpainting's image and mask from the editor.
 Prepare = tuple[Callable, list, list]
@@ -34,6 +35,7 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
     shown = [tab.info, tab.seed_shown, tab.enhanced_prompt]
     cleared = tab.generate.click(None, tab.lora_picker.rows(), tab.outputs() + shown + [tab.loras],
                                  js=CLEAR_RESULT_JS, **PAGE_ONLY)
+    cleared = cleared.then(show_batch, [tab.images], [tab.images], **PAGE_ONLY)  # hides the emptied gallery
     if prepare is not None:  # queued, so its errors reach the page as toasts
         cleared = cleared.then(*prepare, api_visibility="private", show_progress="hidden").success
     else:
@@ -42,21 +44,12 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
                     show_progress_on=[tab.result])
     references = tab.source_images()
 
-    def show_info(details: dict | None) -> tuple[str, str, Any]:
-        """The page's info line, "Seed used" box and enhanced prompt for the generation's fields.
+    def add_to_history(images: list | None, entries: list[dict], *reference: Any) -> tuple[list[dict], list]:
+        """Put a new result (every image of its batch, in seed order) first in this session's history, with
+        the reference images it was made from.
 
         Args:
-            details: the fields the endpoint returned.
-        """
-        rewrite = (details or {}).get("enhanced_prompt")
-        return (format_info(details), str(details["seed"]) if details else "",
-                gr.Textbox(value=rewrite or "", visible=rewrite is not None))
-
-    def add_to_history(path: str | None, entries: list[dict], *reference: Any) -> tuple[list[dict], list]:
-        """Put a new result first in this session's history, with the reference images it was made from.
-
-        Args:
-            path: the result's file.
+            images: the batch's images, as (file, caption).
             entries: the history so far.
             reference: the tab's image inputs: the image (Edit, Inpaint), the gallery (Multi-reference,
                 Inpaint's references).
@@ -64,7 +57,7 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
         files = [f for value in reference for f in (gallery_paths(value) if isinstance(value, list) else [value])
                  if f]
         with user_errors():
-            entries = with_history_entry(entries, path, files)
+            entries = with_history_entries(entries, gallery_paths(images), files)
         return entries, [(e["path"], e["caption"]) for e in entries]
 
     def cancel_generation(request: gr.Request) -> None:
@@ -85,10 +78,47 @@ def wire_tab(tab: TabControls, fn: Callable, history: gr.State, history_gallery:
         return (seed, False) if seed is not None else (gr.skip(), gr.skip())
 
     event.success(show_info, [tab.details], shown, **PAGE_ONLY)
-    event.success(add_to_history, [tab.result, history, *references], [history, history_gallery], **PAGE_ONLY)
+    event.success(show_batch, [tab.images], [tab.images], **PAGE_ONLY)
+    event.success(add_to_history, [tab.images, history, *references], [history, history_gallery], **PAGE_ONLY)
+    tab.images.select(pick_from_batch, [tab.images, tab.details], [tab.result, tab.seed_used, tab.details, *shown],
+                      **PAGE_ONLY)
     tab.cancel.click(cancel_generation, None, None, cancels=[event], api_visibility="private")
     tab.reuse_seed.click(reuse_seed, [tab.seed_used], [tab.seed, tab.randomize_seed], **PAGE_ONLY)
     wire_settings(tab)
+
+
+def show_info(details: dict | None) -> tuple[str, str, Any]:
+    """The page's info line, "Seed used" box and enhanced prompt for the generation's fields.
+
+    Args:
+        details: the fields the endpoint returned.
+    """
+    rewrite = (details or {}).get("enhanced_prompt")
+    return (format_info(details), str(details["seed"]) if details else "",
+            gr.Textbox(value=rewrite or "", visible=rewrite is not None))
+
+
+def show_batch(images: list | None) -> gr.Gallery:
+    """Show the batch's gallery only when it holds more than one image (one is the result on show).
+
+    Args:
+        images: the batch's images, as (file, caption).
+    """
+    return gr.Gallery(visible=len(images or []) > 1)
+
+
+def pick_from_batch(images: list | None, details: dict | None, evt: gr.SelectData) -> tuple:
+    """Make the clicked image of a batch the current result: the result image, the seed (Reuse seed), the
+    info line and what Edit this image / Add to multi-reference / Inpaint this image send.
+
+    Args:
+        images: the batch's images, as (file, caption).
+        details: the batch's fields (seeds lists each image's seed).
+    """
+    path, seed, picked = select_from_batch(images, details, evt.index)
+    if path is None:
+        return (gr.skip(),) * 6
+    return (path, seed, picked, *show_info(picked))
 
 
 def wire_settings(tab: TabControls) -> None:

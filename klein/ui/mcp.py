@@ -119,6 +119,18 @@ def file_argument_problem(arguments: Any, file_positions: list[list[Any]]) -> st
     return None
 
 
+def mcp_outputs(data: list[Any], is_file: Any) -> list[Any]:
+    """A tool's outputs as MCP content items: a gallery output (every image of a batch) in place of the
+    single image output (its first image), so each image comes once, in order; a dict output (the
+    generation info) as JSON text rather than a Python repr. `is_file` tells a file output."""
+    galleries = [item for item in data if isinstance(item, list) and item
+                 and all(isinstance(entry, dict) and is_file(entry.get("image")) for entry in item)]
+    images = [entry["image"] for gallery in galleries for entry in gallery]
+    rest = [item for item in data if not any(item is gallery for gallery in galleries)
+            and not (images and is_file(item))]
+    return images + [json.dumps(item) if isinstance(item, dict) and not is_file(item) else item for item in rest]
+
+
 def _guard_call_tool(server: Any) -> None:
     """Check a call's arguments before Gradio sees them, and keep every error short."""
     from mcp import types
@@ -141,8 +153,9 @@ def fix_gradio_mcp_server(internal_key: str | None = None) -> None:
     """Fixes to Gradio 6.31's MCP server, applied once:
 
     - a client that sends no progress token got one text repr of a multi-output result
-      (_execute_tool_without_progress returns [result]); it gets each output, the image as image content,
-      and a dict output (the generation info) as JSON text rather than a Python repr;
+      (_execute_tool_without_progress returns [result]); it gets each output, the images as image content
+      (every image of the batch once, from the gallery output: mcp_outputs), and a dict output (the
+      generation info) as JSON text rather than a Python repr;
     - a Gallery parameter's schema had dangling $refs, so multi_reference_image could not be called
       (mcp_gallery_schema); `loras` said "any valid json" (mcp_loras_schema);
     - file tools told agents to use an upload_file_to_gradio tool that does not exist;
@@ -189,9 +202,7 @@ def fix_gradio_mcp_server(internal_key: str | None = None) -> None:
         return server
 
     def postprocess_output_data(self, data: Any, root_url: str):
-        data = [json.dumps(item) if isinstance(item, dict) and not is_file_obj_with_meta(item) else item
-                for item in data]
-        return postprocess(self, data, root_url)
+        return postprocess(self, mcp_outputs(list(data), is_file_obj_with_meta), root_url)
 
     def convert_strings_to_filedata(self, value: Any, file_positions: list[list[Any]]) -> Any:
         problem = file_argument_problem(value, file_positions)

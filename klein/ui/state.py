@@ -55,8 +55,8 @@ def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: 
                           output_format: str = presets.DEFAULT_OUTPUT_FORMAT, custom_size: bool | None = False,
                           width: Any = None, height: Any = None, steps: Any = None, guidance: Any = None,
                           safety_tolerance: Any = presets.DEFAULT_SAFETY_TOLERANCE, loras: Any = None,
-                          enhance_prompt: bool | None = False, mask: Any = None, strength: Any = None, *,
-                          distilled: bool, limits: Limits) -> GenerationRequest:
+                          enhance_prompt: bool | None = False, mask: Any = None, strength: Any = None,
+                          num_images: Any = 1, *, distilled: bool, limits: Limits) -> GenerationRequest:
     """The request a tab's control values describe (validated by GenerationRequest, naming the field).
 
     custom_size None (an API call that leaves it out) means a custom size when width or height is given.
@@ -80,6 +80,7 @@ def request_from_controls(references: Sequence[Any], prompt: str, aspect_ratio: 
         enhance_prompt=False if enhance_prompt is None else enhance_prompt,
         mask=mask,
         strength=presets.STRENGTH.default if strength is None else strength,
+        num_images=1 if num_images is None else whole_number(num_images),
         limits=limits,
     )
 
@@ -154,6 +155,13 @@ def _fit_side(value: float) -> int:
     return min(presets.MAX_SIDE, max(presets.MIN_SIDE, presets.align(value)))
 
 
+def with_history_entries(entries: list[dict], paths: Sequence[str], references: Sequence[str] = ()) -> list[dict]:
+    """The history with a batch's images first, in seed order (each its own entry, restoring its own seed)."""
+    for path in reversed(paths):
+        entries = with_history_entry(entries, path, references)
+    return entries
+
+
 def with_history_entry(entries: list[dict], path: str | None, references: Sequence[str] = ()) -> list[dict]:
     """The history with the image at `path` first (its settings read from its metadata, with the files of
     its reference images so restoring it restores them), capped."""
@@ -164,3 +172,18 @@ def with_history_entry(entries: list[dict], path: str | None, references: Sequen
     entry = {**settings, "path": path, "output_format": output_format, "references": list(references),
              "caption": f"{settings.get('seed')} · {settings.get('prompt', '')[:60]}"}
     return [entry, *entries][:HISTORY_LIMIT]
+
+
+def batch_caption(seed: int) -> str:
+    """A batch image's caption in the page's gallery and the API's: its seed."""
+    return f"seed {seed}"
+
+
+def select_from_batch(images: Sequence[Any] | None, details: dict | None, index: int) -> tuple[Any, Any, dict | None]:
+    """(file, seed, fields) of a batch's image `index`, to make it the current result: the batch's fields
+    with that image's seed (every image of a batch shares the rest)."""
+    paths = gallery_paths(images)
+    seeds = (details or {}).get("seeds") or []
+    if not 0 <= index < min(len(paths), len(seeds)):
+        return None, None, details
+    return paths[index], seeds[index], {**details, "seed": seeds[index]}
