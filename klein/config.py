@@ -238,12 +238,8 @@ def build_arg_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", default=env_text(environ, "KLEIN_OUTPUT_DIR"), help="where results are written (default: temp)"
     )
-    parser.add_argument(
-        "--mcp",
-        action="store_true",
-        default=env_flag(environ, "GRADIO_MCP_SERVER"),
-        help="also serve the three workflows as MCP tools at /gradio_api/mcp/ (env GRADIO_MCP_SERVER)",
-    )
+    parser.add_argument("--mcp", action="store_true", default=env_flag(environ, "GRADIO_MCP_SERVER"),
+                        help="also serve the workflows as MCP tools at /gradio_api/mcp/ (env GRADIO_MCP_SERVER)")
     parser.add_argument(
         "--prompt-cache-mb",
         type=int,

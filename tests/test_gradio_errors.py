@@ -46,14 +46,14 @@ def test_an_unexpected_error_is_a_short_message_and_the_server_goes_on(in_proces
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(engine, "generate", broken)
+    monkeypatch.setattr(engine, "generate_batch", broken)
     with caplog.at_level(logging.ERROR, logger="klein.ui"), pytest.raises(AppError) as info:
         in_process_app.predict(prompt="a fox", api_name="/text_to_image", **SMALL)
     assert str(info.value) == "Something went wrong on the server; the log has the details."
     assert "secret internal detail" not in str(info.value)
     assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in caplog.records)
     monkeypatch.undo()
-    path, _, _ = in_process_app.predict(prompt="a fox", api_name="/text_to_image", **SMALL)
+    path, _, _, _ = in_process_app.predict(prompt="a fox", api_name="/text_to_image", **SMALL)
     assert Image.open(path).size == (128, 96)
 
 

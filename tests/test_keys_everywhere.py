@@ -71,7 +71,7 @@ def test_gradio_client_with_the_key_in_a_header_or_a_login(gated_app):
 
     url, log_path = gated_app
     for client in (Client(url + "/", headers=BEARER, verbose=False), Client(url + "/", auth=("me", KEY), verbose=False)):
-        path, seed, _ = client.predict(prompt="a fox", **SMALL, api_name="/text_to_image")
+        path, seed, _, _ = client.predict(prompt="a fox", **SMALL, api_name="/text_to_image")
         assert Image.open(path).size == (128, 128) and isinstance(seed, int)
     assert KEY not in log_path.read_text()
 

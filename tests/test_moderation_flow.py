@@ -98,8 +98,8 @@ def test_safety_tolerance_is_an_endpoint_parameter(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/text_to_image", "/edit", "/multi_reference"):
         parameters = [p["parameter_name"] for p in endpoints[name]["parameters"]]
-        assert parameters[-1] == "safety_tolerance"
-    path, _, _ = client.predict(prompt="a nude woman", safety_tolerance=3, custom_size=True, width=128, height=128,
+        assert parameters[-2:] == ["safety_tolerance", "num_images"]
+    path, _, _, _ = client.predict(prompt="a nude woman", safety_tolerance=3, custom_size=True, width=128, height=128,
                                 api_name="/text_to_image")
     with pytest.raises(AppError, match="safety_tolerance: 7 is out of range 0..5"):
         client.predict(prompt="a lighthouse", safety_tolerance=7, api_name="/text_to_image")
