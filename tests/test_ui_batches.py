@@ -197,3 +197,11 @@ def test_the_page_has_a_number_of_images_control_on_every_tab(engine):
         control, gallery = fn.inputs[-1], fn.outputs[-1]
         assert (control.elem_id, control.minimum, control.maximum, control.value) == (f"{api_name}-num-images", 1, 4, 1)
         assert isinstance(gallery, gr.Gallery) and gallery.elem_id == f"{api_name}-images" and not gallery.visible
+
+
+def test_the_moderation_note_names_one_seed_or_several():
+    from klein.ui.display import moderated_note
+
+    assert moderated_note([]) == ""
+    assert moderated_note([7]) == "Left out by moderation: seed 7."
+    assert moderated_note([7, 9]) == "Left out by moderation: seeds 7, 9."

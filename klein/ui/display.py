@@ -53,7 +53,9 @@ def batch_info(batch: GenerationBatch) -> dict[str, Any]:
 
 def moderated_note(seeds: list[int]) -> str:
     """The words for the images moderation left out of a batch."""
-    return f"Left out by moderation: seed {', '.join(str(seed) for seed in seeds)}." if seeds else ""
+    if not seeds:
+        return ""
+    return f"Left out by moderation: seed{'s' if len(seeds) > 1 else ''} {', '.join(str(seed) for seed in seeds)}."
 
 
 def format_info(info: dict[str, Any] | None) -> str:
