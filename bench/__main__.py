@@ -6,7 +6,7 @@ import sys
 
 MODULES = ("bench.stages", "bench.safety", "bench.app", "bench.rest", "bench.soak", "bench.load", "bench.browser",
            "bench.memory", "bench.inpaint", "bench.gpu", "bench.workers",
-           "bench.loras")
+           "bench.loras", "bench.batch")
 
 if __name__ == "__main__":
     print(f"# Klein Studio benchmarks\n\nMachine: {platform.machine()}, {platform.python_version()}\n")
