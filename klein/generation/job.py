@@ -172,8 +172,12 @@ def _generate(model: LoadedModel, job: Job, seeds: list[int], embeds: tuple, tim
     _add(timings, "denoise", ms_since(t0, model.device))
 
     t0 = time.perf_counter()
-    decoded = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-    images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    # One image at a time: a batched decode holds n full-size activations at once (the peak at 2k) and
+    # measured no faster per image (docs/BENCHMARKS.md#batches); alone, each decode is the single image's.
+    images = []
+    for latent in latents.to(pipe.vae.dtype).split(1):
+        decoded = pipe.vae.decode(latent, return_dict=False)[0]
+        images += pipe.image_processor.postprocess(decoded, output_type="pil")
     _add(timings, "vae_decode", ms_since(t0, model.device))
     return images
 
