@@ -332,7 +332,7 @@ def test_a_batch_lost_twice_names_its_images(tmp_path):
     started = {"event": "started", "worker": "worker-0@a", "pid": 1}
     streams = [StubStream([started], died()), StubStream([{**started, "worker": "worker-1@b"}], died())]
     engine = front(streams, tmp_path)
-    with pytest.raises(GenerationError, match=r"^The workers generating these 2 images stopped .* twice"):
+    with pytest.raises(GenerationError, match=r"^The workers generating these 2 images stopped before they finished, twice"):
         engine.generate_batch(GenerationRequest("a fox", width=64, height=64, num_images=2))
     first, second = engine._stream.payloads
     assert first == second and first["fields"]["num_images"] == 2  # the retry asks for the same batch, same seed

@@ -268,10 +268,10 @@ class WorkerEngine:
 
 
 def _lost_message(lost: list[str], num_images: int = 1) -> str:
-    what = "this image" if num_images == 1 else f"these {num_images} images"
+    what, it = ("this image", "it") if num_images == 1 else (f"these {num_images} images", "they")
     if len(lost) == 1:
-        return f"The worker generating {what} ({lost[0]}) stopped before it finished; try again."
-    return (f"The workers generating {what} stopped before it finished, twice ({lost[0]}, then {lost[1]} "
+        return f"The worker generating {what} ({lost[0]}) stopped before {it} finished; try again."
+    return (f"The workers generating {what} stopped before {it} finished, twice ({lost[0]}, then {lost[1]} "
             "on the retry); try again shortly.")
 
 
