@@ -205,7 +205,7 @@ def test_openapi_documents_every_route(client):
                           "/v1/ai/text-to-image/flux-2-klein/{task_id}/images/{index}"}
     generate = paths["/v1/generate"]["post"]
     assert {"application/json", "multipart/form-data"} <= set(generate["requestBody"]["content"])
-    assert "Generate one image" in generate["description"]
+    assert "Generate 1..4 images" in generate["description"]
     assert client.get("/docs").status_code == 200
 
 

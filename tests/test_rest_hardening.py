@@ -90,7 +90,7 @@ def test_unknown_fields_are_a_422_naming_them(client, path, extra):
     detail = response.json()["detail"]
     for name in extra:
         assert f"{name}: is not a field of this request" in detail
-    assert detail.endswith("webhook_url" if path == TASKS else "prompt_upsampling")  # then the fields it has
+    assert detail.endswith("webhook_url" if path == TASKS else "num_images")  # then the fields it has
 
 
 def test_an_unknown_form_field_is_a_422(client):

@@ -28,8 +28,11 @@ from starlette.middleware import Middleware
 
 from ..config import MODELS, ApiKeys, RestSettings
 from ..errors import InvalidRequest, KleinError, QueueFull
+from ..generation.result import GenerationBatch
 from ..images import load_reference
+from ..presets import MAX_NUM_IMAGES
 from ..request import GenerationRequest, check_reference_count
+from . import batches
 from .auth import key_dependency
 from .bodies import Uploads, validation_detail
 from .gate import KeyGate
@@ -83,12 +86,13 @@ class RestApi:
         webhook_policy = UrlPolicy(settings.allow_private_urls, settings.webhook_timeout, max_redirects=0)
         self.webhooks = WebhookSender(settings.webhook_secret, webhook_policy, settings.webhook_attempts,
                                       settings.webhook_backoff, WebhookOutbox(settings.tasks_db))
-        self.work = MovingAverage()  # seconds one generation works (sync and task ones): the sync Retry-After
+        self.work = MovingAverage()  # seconds one image's generation works (sync and task ones): the sync Retry-After
         self.tasks = TaskService(engine, settings, self.webhooks, image_url, work=self.work)
         self.router = APIRouter(route_class=RestRoute, responses=ERRORS)
         add_routes(self.router, self, key_dependency(self.keys))
         self._openapi: dict | None = None
         self._sync_slots = threading.BoundedSemaphore(settings.sync_backlog)
+        self._sync_images, self._sync_lock = 0, threading.Lock()  # the images the requests holding places make
 
     @asynccontextmanager
     async def lifespan(self, _app: Any):
@@ -124,23 +128,31 @@ class RestApi:
     # -- sync -------------------------------------------------------------------------------------
 
     @contextmanager
-    def sync_slot(self) -> Iterator[None]:
-        """One of the `sync_backlog` places for a sync request running or waiting for the GPU lane.
+    def sync_slot(self, images: int = 1) -> Iterator[None]:
+        """One of the `sync_backlog` places for a sync request (of `images` images) running or waiting for the
+        GPU lane.
 
         Each waiting request holds a worker thread that the other routes (and Gradio) share, so past
-        the limit a request is refused at once with a 503 instead of waiting.
+        the limit a request is refused at once with a 503 instead of waiting; its Retry-After is the work of
+        the images the requests holding places make (a batch of n counts n).
         """
+        images = min(max(images, 1), MAX_NUM_IMAGES)  # a count out of range is refused (422) once it runs
         if not self._sync_slots.acquire(blocking=False):
-            ahead = self.settings.sync_backlog
-            raise QueueFull(f"{ahead} requests are already running or waiting; try again shortly, or use the "
-                            "task API.", retry_after=self.work.seconds_for(ahead))
+            with self._sync_lock:
+                ahead = self._sync_images
+            raise QueueFull(f"{self.settings.sync_backlog} requests are already running or waiting; try again "
+                            "shortly, or use the task API.", retry_after=self.work.seconds_for(ahead))
+        with self._sync_lock:
+            self._sync_images += images
         try:
             yield
         finally:
+            with self._sync_lock:
+                self._sync_images -= images
             self._sync_slots.release()
 
     def generate_sync(self, body: GenerateBody, uploads: Uploads, output_format: str,
-                      cancel: threading.Event | None = None):
+                      cancel: threading.Event | None = None) -> GenerationBatch:
         """Validate, decode the references and the mask and run the engine (in a worker thread); `cancel`
         stops it between denoising steps."""
         self._check_model(body.model)
@@ -160,11 +172,11 @@ class RestApi:
             seed=body.seed, width=body.width, height=body.height, output_format=output_format,
             safety_tolerance=body.safety_tolerance, loras=[lora.model_dump() for lora in body.loras or ()],
             mask=self._mask(mask, named[0][1] if named else None, "images")[1], strength=body.strength,
-            enhance_prompt=body.prompt_upsampling, limits=limits)
-        result = self.engine.generate(request, deadline=time.monotonic() + self.settings.generation_timeout,
-                                      cancel=cancel, keep_file=False)
-        self.work.add(work_seconds(result.timings_ms))
-        return result
+            enhance_prompt=body.prompt_upsampling, num_images=body.num_images, limits=limits)
+        batch = batches.run(self.engine, request, deadline=time.monotonic() + self.settings.generation_timeout,
+                            cancel=cancel, keep_file=False)
+        self.work.add(work_seconds(batch.results[0].timings_ms) / request.num_images)
+        return batch
 
     def _reference(self, value: str, field: str) -> bytes:
         return reference_bytes(value, field, self.engine.limits, self.policy, self.settings.allow_remote_images)
@@ -208,7 +220,8 @@ class RestApi:
         painted = inputs[0] if body.input_image else None  # inpainting paints on input_image itself
         mask_data, mask = self._mask(body.mask, painted, "input_image")
         params = body.model_dump(include={"prompt", "aspect_ratio", "resolution", "seed", "output_format",
-                                          "safety_tolerance", "width", "height", "loras", "strength"})
+                                          "safety_tolerance", "width", "height", "loras", "strength",
+                                          "num_images"})
         params["enhance_prompt"] = body.prompt_upsampling
         request = GenerationRequest(images=tuple(images), mask=mask, limits=limits, **params)
         self.engine.check_request(request)  # a refused prompt or image is a 422 now, and never stored

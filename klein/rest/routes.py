@@ -1,7 +1,7 @@
 """The REST routes, a thin adapter over RestApi (api.py): each reads its body, checks its key and
 answers in the hosted Klein APIs' shapes.
 
-    POST /v1/generate                                  sync: the image in the response
+    POST /v1/generate                                  sync: the image(s) in the response (batches.py: Accept)
     POST /v1/ai/text-to-image/flux-2-klein             async: a task id at once
     GET  /v1/ai/text-to-image/flux-2-klein             the caller's tasks, newest first
     GET  /v1/ai/text-to-image/flux-2-klein/{id}        one task
@@ -19,7 +19,6 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -30,8 +29,10 @@ from starlette.routing import Route
 
 from ..output.encode import MIME_TYPES
 from ..presets import DEFAULT_OUTPUT_FORMAT
+from .batches import ACCEPT_RULES, IMAGE_TYPES, JSON, MULTIPART, batch_json, headers, multipart, negotiate
 from .bodies import read_body
 from .schemas import (
+    BatchResponse,
     ErrorBody,
     GenerateBody,
     GenerateResponse,
@@ -46,12 +47,12 @@ log = logging.getLogger(__name__)
 TASKS = "/v1/ai/text-to-image/flux-2-klein"
 TITLE = "Klein Studio REST API"
 DISCONNECT_POLL = 0.25  # seconds between checks that a sync client is still there
-RAW_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+RAW_TYPES = IMAGE_TYPES
 ERROR_TEXT = {
     400: "The multipart form could not be read",
     401: "Missing or invalid API key",
     404: "No such task (or image) for this key",
-    406: "The Accept header and output_format disagree",
+    406: "The Accept header and output_format disagree, or Accept allows no answer for num_images over 1",
     413: "The body (or a form field) is over the size limit",
     415: "The Content-Type is not one this route reads",
     422: "A field has a value that cannot be used (the detail names it); also moderation refusals",
@@ -59,8 +60,14 @@ ERROR_TEXT = {
     503: "Too many requests waiting; see Retry-After",
     504: "Generation took longer than the time limit",
 }
-RAW_HEADERS = {  # the answer's headers when it is the image itself (Accept: image/...)
-    "X-Klein-Seed": {"description": "The seed used.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+SEED_LIST = {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"}
+RAW_HEADERS = {  # the answer's headers when it is the image itself (Accept: image/...), multipart or a batch's JSON
+    "X-Klein-Seed": {"description": "The seed used (with several images, the first's: image i used seed + i).",
+                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    "X-Klein-Seeds": {"description": "The seeds of the images in the answer, comma-separated, in order.",
+                      "schema": SEED_LIST},
+    "X-Klein-Moderated-Seeds": {"description": "The seeds of the images moderation left out, comma-separated; "
+                                "absent when none was.", "schema": SEED_LIST},
     "X-Klein-Workflow": {"description": "text_to_image, edit, multi_reference or inpaint.",
                          "schema": {"type": "string"}},
     "X-Klein-Enhanced-Prompt": {"description": "With prompt_upsampling: the rewritten prompt, UTF-8 percent-encoded "
@@ -72,6 +79,23 @@ ERROR_HEADERS = {
                           "a generation (or task) times the ones ahead.", "required": True,
                           "schema": {"type": "integer", "minimum": 1}}},
 }
+
+
+BINARY = {"type": "string", "format": "binary"}
+PARTS = {"type": "string", "format": "binary", "description": "One part per image, each with its own Content-Type "
+         "and X-Klein-Seed header."}
+GENERATE_DOC = f"""Generate 1..4 images and answer with them.
+
+The body is JSON or a multipart form (`images` as uploaded files). The workflow follows the number of
+reference images: 0 text-to-image, 1 edit, 2..4 multi-reference; with a `mask`, inpainting of the first
+image. With `num_images` n, image i uses seed + i; an image refused by moderation is left out and its
+seed reported (`moderated_seeds`, X-Klein-Moderated-Seeds), and when every image is refused the answer
+is the usual 422. The answer is JSON with the image in base64 (one image), JSON with `images` (several),
+the image itself, or multipart/mixed; the seed, the images' seeds, the workflow and any enhanced prompt
+also come in X-Klein-* headers with the image itself, with multipart/mixed and with several images' JSON.
+
+{ACCEPT_RULES}
+"""
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -88,30 +112,28 @@ def add_routes(router: APIRouter, api: Any, require_key: Callable) -> None:
     """Every REST route on `router`, each depending on `require_key`; `api` is the RestApi (api.py) they
     call, passed in so that this module need not import the one that imports it."""
 
-    @router.post("/v1/generate", response_model=GenerateResponse, tags=["sync"],
-                 openapi_extra=generate_body_openapi(api.engine.model.spec.name),
-                 responses={200: {"content": {t: {} for t in RAW_TYPES}, "headers": RAW_HEADERS},
+    @router.post("/v1/generate", response_model=GenerateResponse | BatchResponse, tags=["sync"],
+                 openapi_extra=generate_body_openapi(api.engine.model.spec.name), description=GENERATE_DOC,
+                 responses={200: {"content": {**{t: {"schema": BINARY} for t in RAW_TYPES},
+                                              "multipart/mixed": {"schema": PARTS}}, "headers": RAW_HEADERS},
                             **error_responses(400, 406, 413, 415, 422, 503, 504)})
     async def generate(request: Request, owner: str = Depends(require_key)) -> Response:
-        """Generate one image and answer with it.
-
-        The body is JSON or a multipart form (`images` as uploaded files). The workflow follows the
-        number of reference images: 0 text-to-image, 1 edit, 2..4 multi-reference; with a `mask`, inpainting
-        of the first image. The answer is JSON with the image in base64, or the image itself with
-        `Accept: image/png` or `image/jpeg` (the seed, workflow and any enhanced prompt in X-Klein-* headers).
-        """
         body, uploads = await read_body(request, GenerateBody, api.engine.limits, forms=True)
-        raw = _raw_format(request.headers.get("accept"))
+        answer = negotiate(request.headers.get("accept"), body.num_images)
+        raw = answer if answer in RAW_TYPES.values() else None
         if raw and body.output_format and body.output_format.lower().replace("jpg", "jpeg") != raw:
             raise HTTPException(406, f"output_format {body.output_format!r} does not match Accept: image/{raw}")
         fmt = body.output_format or raw or DEFAULT_OUTPUT_FORMAT
-        with api.sync_slot():
-            result = await until_disconnected(request, api.generate_sync, body, uploads, fmt)
+        with api.sync_slot(body.num_images):
+            batch = await until_disconnected(request, api.generate_sync, body, uploads, fmt)
+        if answer == MULTIPART:
+            content, content_type = multipart(batch.results)
+            return Response(content, media_type=content_type, headers=headers(batch))
         if raw:
-            headers = {"X-Klein-Seed": str(result.seed), "X-Klein-Workflow": result.workflow.value}
-            if result.enhanced_prompt is not None:  # a header carries Latin-1 text only: percent-encoded UTF-8
-                headers["X-Klein-Enhanced-Prompt"] = quote(result.enhanced_prompt, safe="")
-            return Response(result.data, media_type=result.mime_type, headers=headers)
+            return Response(batch.results[0].data, media_type=batch.results[0].mime_type, headers=headers(batch))
+        if answer == JSON and body.num_images > 1:
+            return JSONResponse(batch_json(batch), headers=headers(batch))
+        result = batch.results[0]
         return JSONResponse(GenerateResponse(
             image=base64.b64encode(result.data).decode(), mime_type=result.mime_type, seed=result.seed,
             width=result.width, height=result.height, model=result.model, workflow=result.workflow.value,
@@ -209,13 +231,3 @@ async def until_disconnected(request: Request, fn: Callable, *args: Any) -> Any:
     finally:
         watcher.cancel()
 
-
-def _raw_format(accept: str | None) -> str | None:
-    """The image format asked for by Accept, or None for JSON (the first known type wins)."""
-    for part in (accept or "").split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in RAW_TYPES:
-            return RAW_TYPES[media]
-        if media in ("application/json", "*/*", "application/*"):
-            return None
-    return None

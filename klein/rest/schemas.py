@@ -27,6 +27,7 @@ from ..presets import (
     MATCH_INPUT,
     MAX_LORA_PATH,
     MAX_REFERENCES,
+    NUM_IMAGES,
     OUTPUT_FORMATS,
     PARAMETERS,
     RESOLUTIONS,
@@ -40,7 +41,7 @@ PYTHON_SPACES = r"\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 NOT_A_SPACE = f"[^{PYTHON_SPACES}]"
 V1_NAMES, V2_NAMES = ", ".join(ASPECT_PRESETS_V1), ", ".join(ASPECT_PRESETS_V2)
 INPUT_FIELDS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
-INTEGER_FIELDS = ("seed", "safety_tolerance", "width", "height")
+INTEGER_FIELDS = ("seed", "safety_tolerance", "width", "height", "num_images")
 NUMBER_FIELDS = ("strength",)  # a form's text is read as a number for these (JSON's numbers are numbers)
 BOOLEAN_FIELDS = ("prompt_upsampling",)  # and as true/false for these
 FORMAT_NAMES = (*OUTPUT_FORMATS, "jpg")  # GenerationRequest reads "jpg" as "jpeg"
@@ -73,6 +74,7 @@ STRENGTH_FIELD = Field(float(STRENGTH.default), description=STRENGTH.doc + " Use
 UPSAMPLING_FIELD = Field(False, strict=True, description="Rewrite the prompt with the model's own text encoder "
                          "first (BFL's field name); the rewrite is moderated, generated from and returned as "
                          "enhanced_prompt.")
+NUM_IMAGES_DOC = NUM_IMAGES.doc[0].upper() + NUM_IMAGES.doc[1:]
 
 
 class GenerateBody(BaseModel):
@@ -102,6 +104,8 @@ class GenerateBody(BaseModel):
                              "the others are references. The output has that image's size.")
     strength: float = STRENGTH_FIELD
     prompt_upsampling: bool = UPSAMPLING_FIELD
+    num_images: int = Field(int(NUM_IMAGES.default), description=NUM_IMAGES_DOC + " One image answers as "
+                            "before; several as JSON (BatchResponse) or multipart/mixed, by Accept.", **STRICT_INT)
 
 
 class GenerateResponse(BaseModel):
@@ -117,6 +121,35 @@ class GenerateResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="Milliseconds per stage and in total.")
     loras: list[LoraBody] | None = Field(None, description="The LoRAs applied (those of scale 0 left out), each "
                                          "path as it can be named again; absent without LoRAs.")
+    enhanced_prompt: str | None = Field(None, description="The rewritten prompt generated from, with "
+                                        "prompt_upsampling; absent without it.")
+
+
+class BatchImage(BaseModel):
+    data: str = Field(description="The image file, base64-encoded.")
+    content_type: str = Field(description="image/jpeg, image/png or image/webp.")
+    seed: int = Field(description="This image's seed: sent with num_images 1 it makes this image again (up to "
+                      "rounding: a batch computes in other orders).")
+    width: int
+    height: int
+
+
+class BatchResponse(BaseModel):
+    """/v1/generate's JSON answer for num_images over 1."""
+
+    images: list[BatchImage] = Field(description="The images moderation kept, in seed order.")
+    seed: int = Field(description="The batch's seed: image i used seed + i (mod 2**32); send it again with the same "
+                      "num_images for the same images.")
+    seeds: list[int] = Field(description="The seed of each image in `images`.")
+    moderated_seeds: list[int] = Field(description="The seeds of the images moderation left out (Content "
+                                       "moderated); empty when all were kept.")
+    width: int
+    height: int
+    model: str
+    workflow: str = Field(description="text_to_image, edit, multi_reference or inpaint.")
+    output_format: str
+    timings_ms: dict[str, float] = Field(description="Milliseconds per stage and in total, for the whole batch.")
+    loras: list[LoraBody] | None = Field(None, description="The LoRAs applied; absent without LoRAs.")
     enhanced_prompt: str | None = Field(None, description="The rewritten prompt generated from, with "
                                         "prompt_upsampling; absent without it.")
 
@@ -145,15 +178,20 @@ class TaskCreate(BaseModel):
                              "the image painted on, input_image_2..4 references. The output has its size.")
     strength: float = STRENGTH_FIELD
     prompt_upsampling: bool = UPSAMPLING_FIELD
+    num_images: int = Field(int(NUM_IMAGES.default), description=NUM_IMAGES_DOC + " The task's `generated` lists "
+                            "every image kept.", **STRICT_INT)
     webhook_url: str | None = Field(None, description="Gets a signed POST of the task on every status change.")
 
 
 class TaskData(BaseModel):
     task_id: str
     status: str = Field(description="CREATED, IN_PROGRESS, COMPLETED or FAILED.")
-    generated: list[str] = Field(description="URLs of the result images (same API key), once COMPLETED.")
+    generated: list[str] = Field(description="URLs of the result images (same API key), once COMPLETED: one per "
+                                 "image kept, in seed order.")
     error: str | None = Field(None, description="Why the task FAILED.")
-    seed: int | None = None
+    seed: int | None = Field(None, description="The seed: image i used seed + i (mod 2**32).")
+    seeds: list[int] | None = Field(None, description="The seed of each image in `generated`.")
+    moderated_seeds: list[int] | None = Field(None, description="The seeds of the images moderation left out.")
     width: int | None = None
     height: int | None = None
     model: str | None = None
@@ -201,6 +239,7 @@ def field_rules() -> dict[str, dict[str, Any]]:
         | ({"maxLength": int(prompt.maximum)} if prompt.maximum else {}),
         "seed": _integer("seed"),
         "safety_tolerance": _integer("safety_tolerance"),
+        "num_images": _integer("num_images"),
         "width": _integer("width", SIZE_MULTIPLE),
         "height": _integer("height", SIZE_MULTIPLE),
         "aspect_ratio": {"type": "string", "enum": [*ASPECT_PRESETS, MATCH_INPUT]},

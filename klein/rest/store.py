@@ -119,6 +119,14 @@ class TaskStore:
             query = "SELECT COUNT(*) FROM tasks WHERE status IN (?, ?)"
             return self._db.execute(query, (CREATED, IN_PROGRESS)).fetchone()[0]
 
+    def pending_images(self) -> int:
+        """The images the pending tasks make (a task of num_images n counts n; a task stored before
+        num_images, 1)."""
+        with self._lock:
+            query = ("SELECT COALESCE(SUM(COALESCE(json_extract(params, '$.num_images'), 1)), 0) FROM tasks "
+                     "WHERE status IN (?, ?)")
+            return self._db.execute(query, (CREATED, IN_PROGRESS)).fetchone()[0]
+
     def next_runnable(self) -> Task | None:
         """An interrupted task first, then the oldest waiting one."""
         rows = self._select("WHERE status IN (?, ?) ORDER BY status = ? DESC, seq LIMIT 1",

@@ -27,6 +27,7 @@ from ..errors import GenerationCancelled, KleinError, QueueFull
 from ..images import load_reference
 from ..output.encode import EXTENSIONS
 from ..request import GenerationRequest
+from .batches import first_seed, run
 from .schemas import INPUT_FIELDS
 from .store import COMPLETED, CREATED, FAILED, IN_PROGRESS, ImageUrl, Task, TaskStore
 from .webhooks import WebhookSender
@@ -62,8 +63,9 @@ def work_seconds(timings_ms: dict[str, float]) -> float:
 class TaskService:
     """Accepts tasks, runs them one at a time through the engine, reports each status change.
 
-    `task_seconds` averages how long a task takes (the task backlog's Retry-After); `work`, when given,
-    is fed every generation's working time (the sync backlog's Retry-After, in RestApi).
+    `task_seconds` averages how long a task takes per image (the task backlog's Retry-After, for the images
+    waiting); `work`, when given, is fed every generation's working time per image (the sync backlog's
+    Retry-After, in RestApi). A task of num_images n counts as n images of work in both.
     """
 
     def __init__(self, engine, settings: RestSettings, webhooks: WebhookSender, image_url: ImageUrl,
@@ -114,7 +116,7 @@ class TaskService:
             pending = self.store.pending_count()  # the running task included: all of them are ahead
             if pending >= self.settings.task_backlog:
                 raise QueueFull(f"The task backlog is full ({pending} tasks waiting); try again later.",
-                                retry_after=self.task_seconds.seconds_for(pending))
+                                retry_after=self.task_seconds.seconds_for(self.store.pending_images()))
             self.store.add(task, inputs, mask)
         self._notify(task)
         self._wake.set()
@@ -168,17 +170,21 @@ class TaskService:
             with self._current_lock:
                 if self._current == task.id:
                     self._current = None
-        self.task_seconds.add(time.monotonic() - started)
+        self.task_seconds.add((time.monotonic() - started) / task.params.get("num_images", 1))
 
     def _generate(self, task: Task, cancel: threading.Event, deadline: float) -> None:
-        result = self.engine.generate(self._request_for(task), cancel=cancel, deadline=deadline, keep_file=False)
+        """Run the task and store every image kept, with the seeds of the images and of those left out."""
+        request = self._request_for(task)
+        batch = run(self.engine, request, cancel=cancel, deadline=deadline, keep_file=False)
         if self.work is not None:
-            self.work.add(work_seconds(result.timings_ms))
-        name = f"{task.id}-0.{EXTENSIONS[result.output_format]}"
-        _write_atomically(self.results_dir / name, result.data)
-        info = result.info()
+            self.work.add(work_seconds(batch.results[0].timings_ms) / request.num_images)
+        names = [f"{task.id}-{i}.{EXTENSIONS[r.output_format]}" for i, r in enumerate(batch.results)]
+        for name, result in zip(names, batch.results):
+            _write_atomically(self.results_dir / name, result.data)
+        info = batch.results[0].info()
         info.pop("steps", None), info.pop("guidance", None)
-        self._finish(task, COMPLETED, result={"files": [name], **info})
+        info["seed"] = first_seed(batch)  # the batch's: image i used seed + i, whether or not image 0 was kept
+        self._finish(task, COMPLETED, result={"files": names, **info, **batch.info()})
 
     def _hand_back(self, task_id: str | None = None) -> None:
         """Undo the running task's attempt, once, whoever comes first (the worker, or stop() when the
