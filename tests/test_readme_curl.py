@@ -80,7 +80,7 @@ def check_against_comment(output: str, comment: str) -> None:
 
 def test_the_readme_has_the_examples_this_test_runs():
     commands = [command for command, _ in readme_examples()]
-    assert len(commands) == 11 and all(README_URL in command for command in commands)
+    assert len(commands) == 12 and all(README_URL in command for command in commands)
 
 
 def test_every_curl_example_works_as_written(app):
