@@ -42,7 +42,7 @@ from .job import Job, ProgressCallback, check_gpu_time, ms_since, run_job
 from .loras import LoraLibrary
 from .pipeline import LoadedModel, SpeedUps, first_line, load_model
 from .prompt_cache import PromptCache
-from .result import GenerationBatch, GenerationResult
+from .result import GenerationBatch, GenerationResult, OneImageCall
 
 __all__ = ["Engine", "GenerationBatch", "GenerationResult"]
 
@@ -52,7 +52,7 @@ MAX_SEQUENCE_LENGTH = 512  # what Flux2KleinPipeline reads of a prompt, chat tem
 FOUR_B_PARAMETERS = 3.88e9  # flux2-klein-4b's transformer (bench/gpu.py checks the count)
 
 
-class Engine:
+class Engine(OneImageCall):
     """Turns requests into images with one cached pipeline, one generation at a time."""
 
     def __init__(self, model: LoadedModel, settings: Settings | None = None, model_reason: str = "",
@@ -130,14 +130,6 @@ class Engine:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
         return len(tokenizer(text)["input_ids"])
-
-    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
-                 keep_file: bool = True) -> GenerationResult:
-        """Generate the one image of a request (num_images 1); generate_batch says how."""
-        if request.num_images != 1:
-            raise ValueError(f"generate() makes one image; use generate_batch() for num_images={request.num_images}")
-        return self.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=keep_file).results[0]
 
     def generate_batch(
         self,

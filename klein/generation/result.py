@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from ..output.encode import MIME_TYPES
-from ..request import Workflow
+from ..request import GenerationRequest, Workflow
 
 
 @dataclass
@@ -67,3 +69,15 @@ class GenerationBatch:
     def info(self) -> dict:
         """What the APIs report beside the images: each image's seed, and the seeds left out."""
         return {"seeds": self.seeds, "moderated_seeds": self.moderated}
+
+
+class OneImageCall:
+    """generate(), the one-image call, for an engine that has generate_batch (Engine, WorkerEngine)."""
+
+    def generate(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None, *,
+                 cancel: threading.Event | None = None, deadline: float | None = None,
+                 keep_file: bool = True) -> GenerationResult:
+        """Generate the one image of a request (num_images 1); generate_batch says how."""
+        if request.num_images != 1:
+            raise ValueError(f"generate() makes one image; use generate_batch() for num_images={request.num_images}")
+        return self.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=keep_file).results[0]

@@ -34,6 +34,7 @@ from . import workers_cluster
 from .engine import GenerationBatch, GenerationResult
 from .inpaint import check_strength
 from .job import ProgressCallback
+from .result import OneImageCall
 from .workers_cluster import BackPressureError, RequestCancelledError, ray_errors
 from .workers_replica import ERROR, PROGRESS, RESULT, STARTED, error_from_event, payload_for
 
@@ -72,7 +73,7 @@ class _WorkerLost(Exception):
         self.worker = worker
 
 
-class WorkerEngine:
+class WorkerEngine(OneImageCall):
     """The engine of a front whose generations run on Ray Serve workers (docs/workers.md)."""
 
     def __init__(self, handle: Any, settings: Settings, description: dict[str, Any], replicas: int,
@@ -154,14 +155,6 @@ class WorkerEngine:
         return getattr(self._local, "worker", None)
 
     # -- generating -------------------------------------------------------------------------------
-
-    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
-                 keep_file: bool = True) -> GenerationResult:
-        """As Engine.generate: the one image of a request (num_images 1), on a worker."""
-        if request.num_images != 1:
-            raise ValueError(f"generate() makes one image; use generate_batch() for num_images={request.num_images}")
-        return self.generate_batch(request, progress, cancel=cancel, deadline=deadline, keep_file=keep_file).results[0]
 
     def generate_batch(self, request: GenerationRequest, progress: ProgressCallback | None = None, *,
                        cancel: threading.Event | None = None, deadline: float | None = None,
